@@ -1,0 +1,148 @@
+"""Numeric comparison of predictions against reference outputs.
+
+An element fails only if it is beyond both ``atol`` and ``rtol`` (Polygraphy's rule), where the
+relative error is ``|actual - reference| / |reference|``. Results are reported per output: max and p99
+absolute and relative error, the worst element, NaN/Inf counts, and top-1 agreement for outputs that
+look like class scores (floating point, last axis longer than one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    # When set, the output is judged by top-1 agreement (and max abs error <= atol), not elementwise.
+    min_top1: float | None = None
+
+    def describe(self) -> str:
+        text = f"atol={self.atol:g} rtol={self.rtol:g}"
+        return text + (f" top1>={self.min_top1:g}" if self.min_top1 is not None else "")
+
+
+@dataclass(frozen=True)
+class OutputComparison:
+    name: str
+    passed: bool
+    reason: str
+    shape: tuple[int, ...]
+    max_abs: float
+    p99_abs: float
+    max_rel: float
+    p99_rel: float
+    worst_index: tuple[int, ...]
+    worst_reference: float
+    worst_actual: float
+    failed_elements: int
+    total_elements: int
+    nan_count: int
+    inf_count: int
+    top1_agreement: float | None
+    tolerance: Tolerance
+    abs_errors_sample: tuple[float, ...] = field(default=(), repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("abs_errors_sample")
+        data["tolerance"] = asdict(self.tolerance)
+        data["shape"] = list(self.shape)
+        data["worst_index"] = list(self.worst_index)
+        return data
+
+
+@dataclass(frozen=True)
+class Comparison:
+    outputs: tuple[OutputComparison, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    def failures(self) -> list[OutputComparison]:
+        return [o for o in self.outputs if not o.passed]
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "outputs": [o.to_dict() for o in self.outputs]}
+
+
+def is_classifier_like(reference: np.ndarray) -> bool:
+    return reference.ndim >= 2 and reference.shape[-1] > 1 and np.issubdtype(reference.dtype, np.floating)
+
+
+def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, tolerance: Tolerance) -> OutputComparison:
+    reference = np.asarray(reference)
+    actual = np.asarray(actual)
+    empty = dict(max_abs=0.0, p99_abs=0.0, max_rel=0.0, p99_rel=0.0, worst_index=(), worst_reference=0.0,
+                 worst_actual=0.0, failed_elements=0, nan_count=0, inf_count=0, top1_agreement=None)
+    if reference.shape != actual.shape:
+        return OutputComparison(name=name, passed=False, reason=f"shape {list(actual.shape)} != expected {list(reference.shape)}",
+                                shape=tuple(actual.shape), total_elements=int(reference.size), tolerance=tolerance, **empty)
+    if reference.dtype == object or actual.dtype == object or reference.dtype.kind in "SU":
+        mismatched = int(np.sum(reference != actual))
+        return OutputComparison(name=name, passed=mismatched == 0, reason="" if mismatched == 0 else f"{mismatched} values differ",
+                                shape=tuple(actual.shape), total_elements=int(reference.size), tolerance=tolerance,
+                                **{**empty, "failed_elements": mismatched})
+    ref = reference.astype(np.float64)
+    act = actual.astype(np.float64)
+    nan_count = int(np.isnan(act).sum())
+    inf_count = int(np.isinf(act).sum())
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        abs_err = np.abs(act - ref)
+        rel_err = abs_err / np.abs(ref)
+    # NaN where both are NaN counts as agreement; NaN on one side only is a failure.
+    both_nan = np.isnan(ref) & np.isnan(act)
+    abs_err = np.where(both_nan, 0.0, abs_err)
+    rel_err = np.where(both_nan | (abs_err == 0), 0.0, rel_err)
+    abs_err = np.where(np.isnan(abs_err), np.inf, abs_err)
+    rel_err = np.where(np.isnan(rel_err), np.inf, rel_err)
+    fails = (abs_err > tolerance.atol) & (rel_err > tolerance.rtol)
+    top1 = None
+    if is_classifier_like(reference) and reference.size:
+        top1 = float(np.mean(np.argmax(ref, axis=-1) == np.argmax(np.nan_to_num(act, nan=-np.inf), axis=-1)))
+    if reference.size == 0:
+        return OutputComparison(name=name, passed=True, reason="", shape=tuple(actual.shape), total_elements=0,
+                                tolerance=tolerance, **empty)
+    flat_worst = int(np.argmax(abs_err))
+    worst_index = tuple(int(i) for i in np.unravel_index(flat_worst, abs_err.shape))
+    max_abs = float(abs_err.reshape(-1)[flat_worst])
+    finite_rel = rel_err[np.isfinite(rel_err)]
+    failed = int(fails.sum())
+    if tolerance.min_top1 is not None and top1 is not None:
+        passed = top1 >= tolerance.min_top1 and max_abs <= tolerance.atol and nan_count == int(np.isnan(ref).sum())
+        reason = "" if passed else f"top-1 agreement {top1:.4f} (need >= {tolerance.min_top1:g}), max abs error {max_abs:.3g} (bound {tolerance.atol:g})"
+    else:
+        passed = failed == 0
+        reason = "" if passed else f"{failed} of {reference.size} elements beyond {tolerance.describe()}; max abs error {max_abs:.3g}"
+    sample = abs_err.reshape(-1)
+    if sample.size > 10_000:
+        sample = sample[np.linspace(0, sample.size - 1, 10_000).astype(np.int64)]
+    return OutputComparison(
+        name=name, passed=passed, reason=reason, shape=tuple(actual.shape),
+        max_abs=max_abs, p99_abs=float(np.percentile(abs_err, 99)),
+        max_rel=float(rel_err.max()) if rel_err.size else 0.0,
+        p99_rel=float(np.percentile(finite_rel, 99)) if finite_rel.size else 0.0,
+        worst_index=worst_index, worst_reference=float(ref.reshape(-1)[flat_worst]),
+        worst_actual=float(act.reshape(-1)[flat_worst]), failed_elements=failed, total_elements=int(reference.size),
+        nan_count=nan_count, inf_count=inf_count, top1_agreement=top1, tolerance=tolerance,
+        abs_errors_sample=tuple(float(x) for x in sample),
+    )
+
+
+def compare_outputs(reference: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray], tolerance: Tolerance) -> Comparison:
+    results = []
+    for name in sorted(reference):
+        if name not in actual:
+            results.append(OutputComparison(name=name, passed=False, reason="output missing from the answer", shape=(),
+                                            max_abs=0.0, p99_abs=0.0, max_rel=0.0, p99_rel=0.0, worst_index=(),
+                                            worst_reference=0.0, worst_actual=0.0, failed_elements=0,
+                                            total_elements=int(np.asarray(reference[name]).size), nan_count=0,
+                                            inf_count=0, top1_agreement=None, tolerance=tolerance))
+            continue
+        results.append(compare_output(name, reference[name], actual[name], tolerance))
+    return Comparison(outputs=tuple(results))

@@ -1,0 +1,69 @@
+"""Errors that carry the exit code of the command-line contract (DESIGN.md section 4).
+
+Library code raises these with a message a person can act on; the CLI prints the message on one line
+and exits with ``exit_code``.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_MISMATCH = 3
+EXIT_UNAVAILABLE = 4
+EXIT_SIGNATURE = 5
+
+
+class TfshipError(Exception):
+    """Base of every error tfship reports to a user."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UsageError(TfshipError):
+    exit_code = EXIT_USAGE
+
+
+class ExportError(TfshipError):
+    exit_code = EXIT_ERROR
+
+
+class UnsafeModelError(ExportError):
+    """The model file carries code and the user did not pass --trust-code."""
+
+
+class ServingError(TfshipError):
+    exit_code = EXIT_ERROR
+
+
+class PredictionMismatch(TfshipError):
+    exit_code = EXIT_MISMATCH
+
+
+class ServerUnavailable(TfshipError):
+    exit_code = EXIT_UNAVAILABLE
+
+
+class SignatureError(TfshipError):
+    exit_code = EXIT_SIGNATURE
+
+
+class RpcError(TfshipError):
+    """A gRPC call failed; keeps the gRPC status code name and the server's message."""
+
+    def __init__(self, code: str, details: str, *, method: str = "") -> None:
+        exit_code = EXIT_UNAVAILABLE if code in {"UNAVAILABLE", "NOT_FOUND", "DEADLINE_EXCEEDED"} else EXIT_ERROR
+        where = f" calling {method}" if method else ""
+        super().__init__(f"{code}{where}: {details}", exit_code=exit_code)
+        self.code = code
+        self.details = details
+        self.method = method

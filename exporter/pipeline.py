@@ -1,0 +1,294 @@
+"""``tfship export``: source → SavedModel → TFLite → ONNX → parity → golden set, warmup, manifest → sign → publish."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from client.compare import Comparison, Tolerance, compare_outputs
+from client.errors import ExportError, PredictionMismatch, TfshipError, UsageError
+from exporter import manifest as mf
+from exporter import onnx as onnx_export
+from exporter import repository, signing, sources, tflite, warmup
+from exporter import samples as sample_inputs
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("savedmodel", "tflite", "onnx")
+DEFAULT_TOLERANCES = {
+    "savedmodel": Tolerance(atol=1e-5, rtol=1e-5),
+    "tflite": Tolerance(atol=1e-5, rtol=1e-5),
+    "onnx": Tolerance(atol=1e-5, rtol=1e-5),
+    "tflite:float16": Tolerance(atol=1e-3, rtol=1e-3),
+    "tflite:dynamic": Tolerance(atol=1e-2, rtol=1e-2),
+    "tflite:int8": Tolerance(atol=0.1, rtol=0.1, min_top1=0.99),
+}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    source: Path
+    name: str
+    repo: Path = Path("models")
+    version: int | None = None
+    formats: tuple[str, ...] = FORMATS
+    tflite_quantize: tuple[str, ...] = ()
+    calibration: Path | None = None
+    samples: Path | None = None
+    num_samples: int = sample_inputs.DEFAULT_COUNT
+    architecture: str | None = None
+    custom_objects: str | None = None
+    trust_code: bool = False
+    sign_key: Path | None = None
+    sign_key_password: str | None = None
+    opset: int = onnx_export.DEFAULT_OPSET
+    strict: bool = False
+    allow_mismatch: bool = False
+    atol: dict[str, float] = field(default_factory=dict)  # label ("*" for all) -> value
+    rtol: dict[str, float] = field(default_factory=dict)
+    signature: str = sources.SIGNATURE_KEY
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    name: str
+    version: int
+    directory: Path
+    manifest: mf.Manifest
+    timings: dict[str, float]
+
+    @property
+    def ok(self) -> bool:
+        return all(p.status == "pass" for p in self.manifest.parity)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "version": self.version, "directory": str(self.directory),
+            "signed": (self.directory / mf.SIGNATURE_FILE).exists(),
+            "artifacts": [{"format": a.format, "variant": a.variant, "path": a.path, "bytes": a.bytes} for a in self.manifest.artifacts],
+            "parity": [{"artifact": p.label, "status": p.status, "error": p.error,
+                        "max_abs": max((o["max_abs"] for o in p.outputs), default=None),
+                        "top1_agreement": _min_top1(p.outputs)} for p in self.manifest.parity],
+            "notices": list(self.manifest.notices), "timings": self.timings,
+        }
+
+
+def _min_top1(outputs) -> float | None:
+    values = [o["top1_agreement"] for o in outputs if o.get("top1_agreement") is not None]
+    return min(values) if values else None
+
+
+def tolerance_for(label: str, options: ExportOptions) -> Tolerance:
+    base = DEFAULT_TOLERANCES.get(label) or DEFAULT_TOLERANCES[label.split(":")[0]]
+    atol = options.atol.get(label, options.atol.get(label.split(":")[0], options.atol.get("*", base.atol)))
+    rtol = options.rtol.get(label, options.rtol.get(label.split(":")[0], options.rtol.get("*", base.rtol)))
+    return Tolerance(atol=atol, rtol=rtol, min_top1=base.min_top1)
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {}
+    for dist in ("tfship", "tensorflow", "keras", "tf-keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "model-signing", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+class _Stages:
+    def __init__(self, progress: Callable[[str], None]) -> None:
+        self.timings: dict[str, float] = {}
+        self.progress = progress
+
+    def run(self, name: str, message: str, fn: Callable):
+        self.progress(message)
+        start = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def export(options: ExportOptions, progress: Callable[[str], None] | None = None) -> ExportResult:
+    progress = progress or (lambda message: log.info("%s", message))
+    repository.check_name(options.name)
+    unknown = [f for f in options.formats if f not in FORMATS]
+    if unknown:
+        raise UsageError(f"--formats: unknown format {unknown[0]!r} (choose from {', '.join(FORMATS)})")
+    if "savedmodel" not in options.formats:
+        raise UsageError("--formats must include savedmodel: TFLite and ONNX are converted from it and TF Serving serves it")
+    bad_variants = [v for v in options.tflite_quantize if v not in tflite.VARIANTS]
+    if bad_variants:
+        raise UsageError(f"--tflite-quantize: unknown variant {bad_variants[0]!r} (choose from {', '.join(tflite.VARIANTS)})")
+    if options.tflite_quantize and "tflite" not in options.formats:
+        raise UsageError("--tflite-quantize needs tflite in --formats")
+    if options.sign_key is not None and not Path(options.sign_key).is_file():
+        raise UsageError(f"{options.sign_key}: signing key not found")
+    if options.opset not in onnx_export.SUPPORTED_OPSETS:
+        raise UsageError(f"--opset {options.opset}: choose {onnx_export.SUPPORTED_OPSETS.start}-{onnx_export.SUPPORTED_OPSETS.stop - 1}")
+
+    stages = _Stages(progress)
+    source = Path(options.source)
+    loaded = stages.run("load", f"loading {source}", lambda: sources.load_source(
+        source, architecture=options.architecture, custom_objects_spec=options.custom_objects,
+        trust_code=options.trust_code, signature_key=options.signature))
+    for notice in loaded.notices:
+        progress(f"notice: {notice}")
+
+    if options.samples:
+        inputs = sample_inputs.load_npz_inputs(Path(options.samples), loaded.signature)
+        sample_info = {"source": str(options.samples), "count": len(next(iter(inputs.values())))}
+    else:
+        inputs = sample_inputs.generate_inputs(loaded.signature, options.num_samples, loaded.vocab_sizes)
+        sample_info = {"source": "generated", "seed": sample_inputs.SEED, "count": options.num_samples}
+    calibration = sample_inputs.load_npz_inputs(Path(options.calibration), loaded.signature, "--calibration") if options.calibration else inputs
+
+    def original_outputs():
+        try:
+            return loaded.predict(inputs)
+        except TfshipError:
+            raise
+        except Exception as exc:
+            raise ExportError(f"{source}: the model fails on the sample inputs: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
+
+    reference = stages.run("original", "running the original model on the sample inputs", original_outputs)
+
+    model_dir = Path(options.repo) / options.name
+    version = repository.next_version(model_dir, options.version)
+    staging = repository.staging_dir(model_dir)
+    try:
+        artifacts, parity = _build(staging, loaded, inputs, reference, calibration, options, stages)
+        stages.run("write", "writing golden set, warmup records and manifest", lambda: _write_support(staging, options.name, inputs, reference))
+        artifacts.append(mf.Artifact("golden", "float32", mf.GOLDEN, mf.describe_files(staging, mf.GOLDEN)))
+        artifacts.append(mf.Artifact("warmup", "float32", mf.WARMUP, mf.describe_files(staging, mf.WARMUP)))
+        manifest = mf.Manifest(
+            tfship_version=_library_versions().get("tfship", "0"), name=options.name, version=version,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            source={"path": str(source), "kind": loaded.kind, "sha256": _source_digest(source)},
+            libraries={**_library_versions(), "onnx_opset": str(options.opset)},
+            signature=loaded.signature, artifacts=tuple(artifacts), parity=tuple(parity),
+            samples=sample_info, notices=tuple(loaded.notices),
+        )
+        manifest.write(staging)
+        failed = [p for p in parity if p.status == "failed"]
+        if failed and options.strict:
+            raise ExportError(f"{failed[0].label} could not be produced ({failed[0].error}); --strict makes that fatal")
+        mismatched = [p for p in parity if p.status == "mismatch"]
+        if mismatched and not options.allow_mismatch:
+            first = mismatched[0]
+            raise PredictionMismatch(
+                f"{first.label} does not predict what the original predicts: {first.error}; "
+                f"no version was written (pass --allow-mismatch to keep it, or loosen --atol/--rtol)"
+            )
+        if options.sign_key:
+            stages.run("sign", "signing the version", lambda: signing.sign(staging, key=Path(options.sign_key), password=options.sign_key_password))
+        final = repository.publish(staging, model_dir, version)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportResult(name=options.name, version=version, directory=final, manifest=manifest, timings=stages.timings)
+
+
+def _source_digest(source: Path) -> str:
+    if source.is_file():
+        return mf.sha256_file(source)
+    if source.is_dir() and (source / "saved_model.pb").exists():
+        return mf.sha256_file(source / "saved_model.pb")
+    return ""
+
+
+def _write_support(staging: Path, name: str, inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
+    arrays = {f"inputs/{k}": v for k, v in inputs.items()}
+    arrays.update({f"outputs/{k}": v for k, v in reference.items()})
+    with (staging / mf.GOLDEN).open("wb") as handle:
+        np.savez(handle, **arrays)
+    warmup.write(staging / mf.WARMUP, name, inputs)
+
+
+def _parity(label: str, fmt: str, variant: str, path: str, reference, actual, options) -> mf.ArtifactParity:
+    tolerance = tolerance_for(label, options)
+    comparison: Comparison = compare_outputs(reference, actual, tolerance)
+    failures = comparison.failures()
+    error = "; ".join(f"output '{o.name}': {o.reason}" for o in failures)
+    return mf.ArtifactParity(format=fmt, variant=variant, path=path, status="pass" if comparison.passed else "mismatch",
+                             error=error, tolerance={"atol": tolerance.atol, "rtol": tolerance.rtol, "min_top1": tolerance.min_top1},
+                             outputs=tuple(o.to_dict() for o in comparison.outputs))
+
+
+def _failed(fmt: str, variant: str, path: str, error: str) -> mf.ArtifactParity:
+    return mf.ArtifactParity(format=fmt, variant=variant, path=path, status="failed", error=error)
+
+
+def _build(staging, loaded, inputs, reference, calibration, options, stages):
+    import tensorflow as tf
+
+    artifacts: list[mf.Artifact] = []
+    parity: list[mf.ArtifactParity] = []
+
+    def write_savedmodel():
+        try:
+            loaded.write_savedmodel(staging)
+        except TfshipError:
+            raise
+        except Exception as exc:
+            raise ExportError(f"{loaded.source}: writing the SavedModel failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
+
+    stages.run("savedmodel", "writing the SavedModel (serving_default)", write_savedmodel)
+    files = tuple(f for f in mf.describe_files(staging, ".") if f.path == "saved_model.pb" or f.path.startswith(("variables/", "fingerprint.pb", "assets/")))
+    artifacts.append(mf.Artifact("savedmodel", "float32", ".", files))
+
+    def savedmodel_outputs():
+        served = tf.saved_model.load(str(staging)).signatures["serving_default"]
+        result = {}
+        for start in range(0, len(next(iter(inputs.values()))), 256):
+            part = served(**{k: tf.constant(v[start:start + 256]) for k, v in inputs.items()})
+            for key, value in part.items():
+                result.setdefault(key, []).append(value.numpy())
+        return {k: np.concatenate(v) for k, v in result.items()}
+
+    parity.append(stages.run("parity", "checking the SavedModel against the original",
+                             lambda: _parity("savedmodel", "savedmodel", "float32", ".", reference, savedmodel_outputs(), options)))
+
+    if "tflite" in options.formats:
+        for variant in ("float32",) + tuple(options.tflite_quantize):
+            filename = "model.tflite" if variant == "float32" else f"model.{variant}.tflite"
+            label = "tflite" if variant == "float32" else f"tflite:{variant}"
+            try:
+                notices = stages.run("tflite", f"converting to TFLite ({variant})", lambda: tflite.convert(
+                    staging, staging / filename, variant, calibration=calibration, keras_model=loaded.keras_model))
+                loaded.notices.extend(notices)
+            except ExportError as exc:
+                (staging / filename).unlink(missing_ok=True)
+                stages.progress(f"warning: {label}: {exc.message}")
+                parity.append(_failed("tflite", variant, filename, exc.message))
+                continue
+            artifacts.append(mf.Artifact("tflite", variant, filename, mf.describe_files(staging, filename)))
+            try:
+                actual = stages.run("parity", f"checking {filename} against the original", lambda: tflite.run(staging / filename, inputs))
+                parity.append(_parity(label, "tflite", variant, filename, reference, actual, options))
+            except Exception as exc:
+                parity.append(_failed("tflite", variant, filename, f"running {filename} failed: {type(exc).__name__}: {str(exc)[:200]}"))
+
+    if "onnx" in options.formats:
+        try:
+            stages.run("onnx", f"converting to ONNX (opset {options.opset})", lambda: onnx_export.convert(staging, staging / "model.onnx", options.opset))
+        except ExportError as exc:
+            (staging / "model.onnx").unlink(missing_ok=True)
+            stages.progress(f"warning: onnx: {exc.message}")
+            parity.append(_failed("onnx", "float32", "model.onnx", exc.message))
+        else:
+            artifacts.append(mf.Artifact("onnx", "float32", "model.onnx", mf.describe_files(staging, "model.onnx")))
+            try:
+                actual = stages.run("parity", "checking model.onnx against the original", lambda: onnx_export.run(staging / "model.onnx", inputs))
+                parity.append(_parity("onnx", "onnx", "float32", "model.onnx", reference, actual, options))
+            except Exception as exc:
+                parity.append(_failed("onnx", "float32", "model.onnx", f"running model.onnx failed: {type(exc).__name__}: {str(exc)[:200]}"))
+    return artifacts, parity

@@ -1,0 +1,185 @@
+"""The official tensorflow/serving container, started with the Docker SDK.
+
+The container sees the repository read-only at /models, reads the generated models.config from there,
+and polls it (and the version directories) for changes. Its entrypoint already passes --port=8500
+--rest_api_port=8501 --model_name --model_base_path; the flags below are appended after the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from client.errors import ServerUnavailable, ServingError
+from serving.config import BATCHING_CONFIG, CONTAINER_ROOT, MODELS_CONFIG, MONITORING_CONFIG, SSL_CONFIG
+
+log = logging.getLogger(__name__)
+
+IMAGE = "tensorflow/serving"
+CONFIG_POLL_SECONDS = 60
+
+
+def default_image_tag(repo: Path | None = None, gpu: bool = False) -> str:
+    """The TF Serving release matching the TensorFlow that exported the models."""
+    version = None
+    if repo is not None:
+        import json
+
+        for manifest in sorted(Path(repo).glob("*/*/manifest.json")):
+            try:
+                version = json.loads(manifest.read_text())["libraries"].get("tensorflow")
+            except (OSError, ValueError, KeyError):
+                continue
+            if version:
+                break
+    if not version:
+        try:
+            version = metadata.version("tensorflow")
+        except metadata.PackageNotFoundError:
+            version = "latest"
+    tag = ".".join(version.split(".")[:3]) if version != "latest" else version
+    return f"{IMAGE}:{tag}{'-gpu' if gpu else ''}"
+
+
+def container_name(repo: Path) -> str:
+    return "tfship-serving-" + hashlib.sha256(str(Path(repo).resolve()).encode()).hexdigest()[:10]
+
+
+def server_flags(*, batching: bool, ssl: bool, monitoring: bool = True) -> list[str]:
+    flags = [f"--model_config_file={CONTAINER_ROOT}/{MODELS_CONFIG}",
+             f"--model_config_file_poll_wait_seconds={CONFIG_POLL_SECONDS}"]
+    if batching:
+        flags += ["--enable_batching=true", f"--batching_parameters_file={CONTAINER_ROOT}/{BATCHING_CONFIG}"]
+    if monitoring:
+        flags.append(f"--monitoring_config_file={CONTAINER_ROOT}/{MONITORING_CONFIG}")
+    if ssl:
+        flags.append(f"--ssl_config_file={CONTAINER_ROOT}/{SSL_CONFIG}")
+    return flags
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    image: str
+    name: str
+    command: list[str]
+    ports: dict[str, int]
+    volumes: dict[str, dict[str, str]]
+    environment: dict[str, str]
+    labels: dict[str, str]
+    gpu: bool = False
+    mem_limit: str | None = None
+    restart_policy: dict[str, Any] = field(default_factory=lambda: {"Name": "unless-stopped"})
+
+    def run_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "image": self.image, "name": self.name, "command": self.command, "ports": self.ports,
+            "volumes": self.volumes, "environment": self.environment, "labels": self.labels,
+            "detach": True, "restart_policy": self.restart_policy,
+        }
+        if self.mem_limit:
+            kwargs["mem_limit"] = self.mem_limit
+        if self.gpu:
+            import docker
+
+            kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        return kwargs
+
+
+def container_spec(repo: Path, *, grpc_port: int = 8500, rest_port: int = 8501, batching: bool = False,
+                   ssl: bool = False, gpu: bool = False, image: str | None = None, host: str = "127.0.0.1",
+                   mem_limit: str | None = None) -> ContainerSpec:
+    repo = Path(repo).resolve()
+    return ContainerSpec(
+        image=image or default_image_tag(repo, gpu),
+        name=container_name(repo),
+        command=server_flags(batching=batching, ssl=ssl),
+        ports={"8500/tcp": (host, grpc_port), "8501/tcp": (host, rest_port)},
+        volumes={str(repo): {"bind": CONTAINER_ROOT, "mode": "ro"}},
+        # The entrypoint also serves MODEL_NAME from MODEL_BASE_PATH; the config file takes precedence.
+        environment={"MODEL_BASE_PATH": CONTAINER_ROOT},
+        labels={"tfship.repository": str(repo)},
+        gpu=gpu,
+        mem_limit=mem_limit,
+    )
+
+
+def docker_client(timeout: float = 3.0):
+    """A Docker client whose engine answered a ping, or None (with the reason logged)."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+        return client
+    except Exception as exc:  # no socket, no daemon, permission denied, SDK missing
+        log.debug("no Docker engine: %s", exc)
+        return None
+
+
+def engine_problem() -> str | None:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return None
+    except Exception as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return text[:200]
+
+
+class DockerLauncher:
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def start(self, spec: ContainerSpec):
+        import docker
+
+        try:
+            existing = self.client.containers.get(spec.name)
+        except docker.errors.NotFound:
+            existing = None
+        except docker.errors.APIError as exc:
+            raise ServingError(f"Docker engine error: {exc}") from None
+        if existing is not None:
+            existing.remove(force=True)
+        try:
+            self.client.images.get(spec.image)
+        except docker.errors.ImageNotFound:
+            log.info("pulling %s (first run only)", spec.image)
+            try:
+                self.client.images.pull(spec.image)
+            except docker.errors.APIError as exc:
+                raise ServerUnavailable(f"cannot pull {spec.image}: {exc}") from None
+        try:
+            return self.client.containers.run(**spec.run_kwargs())
+        except docker.errors.APIError as exc:
+            raise ServerUnavailable(f"cannot start {spec.image}: {exc.explanation or exc}") from None
+
+    def logs(self, name: str, tail: int = 60) -> str:
+        try:
+            return self.client.containers.get(name).logs(tail=tail).decode("utf-8", "replace")
+        except Exception as exc:  # the container may already be gone
+            return f"(no log: {exc})"
+
+    def stop(self, name: str, timeout: int = 30) -> bool:
+        import docker
+
+        try:
+            container = self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return False
+        container.stop(timeout=timeout)
+        container.remove()
+        return True
+
+    def running(self, name: str) -> bool:
+        import docker
+
+        try:
+            return self.client.containers.get(name).status == "running"
+        except docker.errors.NotFound:
+            return False

@@ -1,0 +1,105 @@
+"""The engine's request logic, shared by the gRPC and REST front ends."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+import numpy as np
+
+from serving.config import BatchingOptions
+from serving.local_engine import predict
+from serving.local_engine.batching import Batcher
+from serving.local_engine.errors import EngineError, invalid
+from serving.local_engine.metrics import Metrics
+from serving.local_engine.models import ModelConfig, ModelManager, Servable, SignatureEntry, configs_from_proto
+
+log = logging.getLogger(__name__)
+
+
+class EngineCore:
+    def __init__(self, configs: list[ModelConfig], *, verifier: Callable[[Path], str | None] | None = None,
+                 batching: BatchingOptions | None = None, poll_seconds: float = 1.0) -> None:
+        self.metrics = Metrics()
+        self.batcher = Batcher(batching, on_batch=lambda m, s, n: self.metrics.batch(m, s, n)) if batching else None
+        self.manager = ModelManager(configs, verifier=verifier, poll_seconds=poll_seconds,
+                                    warmup_runner=self._warmup_record, metrics=self.metrics)
+
+    def start(self) -> None:
+        self.manager.start()
+
+    def stop(self) -> None:
+        self.manager.stop()
+        if self.batcher:
+            self.batcher.stop()
+
+    def reload_config(self, config_proto) -> None:
+        self.manager.reload_config(configs_from_proto(config_proto))
+
+    # -- predict ----------------------------------------------------------------------------------
+
+    def _run(self, servable: Servable, entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        size = predict.batch_size(arrays)
+        if self.batcher is not None and size is not None:
+            return self.batcher.submit((servable.name, servable.version, entry.key, id(servable)), servable.name, arrays,
+                                       size, lambda merged: predict.run_signature(entry, merged))
+        return predict.run_signature(entry, arrays)
+
+    def predict_tensors(self, name: str, signature: str, tensors: dict[str, Any], output_filter: list[str],
+                        version: int | None = None, label: str | None = None):
+        servable = self.manager.resolve(name, version, label)
+        entry = predict.signature_of(servable, signature)
+        arrays = predict.decode_inputs(entry, tensors)
+        wanted = predict.check_output_filter(entry, output_filter)
+        outputs = self._run(servable, entry, arrays)
+        if wanted:
+            outputs = {k: outputs[k] for k in wanted}
+        return servable, entry, outputs
+
+    def predict_arrays(self, name: str, signature: str, arrays: dict[str, np.ndarray],
+                       version: int | None = None, label: str | None = None):
+        servable = self.manager.resolve(name, version, label)
+        entry = predict.signature_of(servable, signature)
+        checked = predict.check_arrays(entry, arrays)
+        return servable, entry, self._run(servable, entry, checked)
+
+    def run_examples(self, request, method: str, api: str, version: int | None = None, label: str | None = None):
+        """Classify / Regress: serialized tf.Examples into a classify or regress signature."""
+        if not request.HasField("model_spec"):
+            raise invalid("Missing ModelSpec")
+        servable = self.manager.resolve(request.model_spec.name, version, label)
+        entry = predict.signature_of(servable, request.model_spec.signature_name)
+        if entry.method_name != method:
+            raise EngineError(grpc.StatusCode.UNIMPLEMENTED,
+                              f"{api} needs a signature with method {method}; signature '{entry.key}' has method "
+                              f"{entry.method_name}: call Predict instead")
+        kind = request.input.WhichOneof("kind")
+        if kind != "example_list":
+            raise invalid(f"{api}: only example_list inputs are supported (got {kind or 'no input'})")
+        examples = [e.SerializeToString() for e in request.input.example_list.examples]
+        if not examples:
+            raise invalid(f"{api}: the request has no examples")
+        if len(entry.inputs) != 1:
+            raise invalid(f"{api}: signature '{entry.key}' must have exactly one input")
+        input_name = next(iter(entry.inputs))
+        array = np.empty(len(examples), dtype=object)
+        array[:] = examples
+        outputs = predict.run_signature(entry, {input_name: array})
+        return servable, entry, outputs, len(examples)
+
+    def _warmup_record(self, servable: Servable, record: bytes) -> None:
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        try:
+            log_entry = prediction_log_pb2.PredictionLog.FromString(record)
+        except Exception:
+            raise invalid("not a PredictionLog") from None
+        kind = log_entry.WhichOneof("log_type")
+        if kind != "predict_log":
+            raise invalid(f"warmup record type {kind} is not supported by the local engine (only predict_log)")
+        request = log_entry.predict_log.request
+        entry = predict.signature_of(servable, request.model_spec.signature_name)
+        arrays = predict.decode_inputs(entry, dict(request.inputs))
+        predict.run_signature(entry, arrays)

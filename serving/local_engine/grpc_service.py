@@ -1,0 +1,153 @@
+"""gRPC services of TF Serving (PredictionService, ModelService) on the official generated stubs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+
+from client.codec import to_tensor_proto
+from serving.local_engine.errors import EngineError, invalid
+
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+
+def _abort(context, exc: EngineError):
+    context.abort(exc.code, exc.message)
+
+
+def build_servicers(core) -> tuple[Any, Any]:
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        model_management_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+        regression_pb2,
+    )
+
+    def spec_args(spec) -> dict:
+        choice = spec.WhichOneof("version_choice")
+        return {"version": spec.version.value if choice == "version" else None,
+                "label": spec.version_label if choice == "version_label" else None}
+
+    class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def _timed(self, api: str, model: str, fn, context):
+            started = time.perf_counter()
+            try:
+                result = fn()
+                core.metrics.request(model, api, "GRPC", "OK", (time.perf_counter() - started) * 1e6)
+                return result
+            except EngineError as exc:
+                core.metrics.request(model, api, "GRPC", exc.code.name, (time.perf_counter() - started) * 1e6)
+                _abort(context, exc)
+
+        def Predict(self, request, context):
+            def run():
+                if not request.HasField("model_spec"):
+                    raise invalid("Missing ModelSpec")
+                spec = request.model_spec
+                servable, entry, outputs = core.predict_tensors(spec.name, spec.signature_name, dict(request.inputs),
+                                                                list(request.output_filter), **spec_args(spec))
+                response = predict_pb2.PredictResponse()
+                response.model_spec.name = servable.name
+                response.model_spec.version.value = servable.version
+                response.model_spec.signature_name = entry.key
+                for name, value in outputs.items():
+                    to_tensor_proto(value, response.outputs[name])
+                return response
+
+            return self._timed("predict", request.model_spec.name, run, context)
+
+        def GetModelMetadata(self, request, context):
+            def run():
+                if not request.HasField("model_spec"):
+                    raise invalid("Missing ModelSpec")
+                if not request.metadata_field:
+                    raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+                for field_name in request.metadata_field:
+                    if field_name != "signature_def":
+                        raise invalid(f"Metadata field {field_name} is not supported")
+                servable = core.manager.resolve(request.model_spec.name, **spec_args(request.model_spec))
+                response = get_model_metadata_pb2.GetModelMetadataResponse()
+                response.model_spec.name = servable.name
+                response.model_spec.version.value = servable.version
+                signature_map = get_model_metadata_pb2.SignatureDefMap()
+                for key, entry in servable.signatures.items():
+                    signature_map.signature_def[key].CopyFrom(entry.proto)
+                packed = any_pb2.Any()
+                packed.Pack(signature_map)
+                response.metadata["signature_def"].CopyFrom(packed)
+                return response
+
+            return self._timed("GetModelMetadata", request.model_spec.name, run, context)
+
+        def Classify(self, request, context):
+            def run():
+                servable, entry, outputs, count = core.run_examples(request, CLASSIFY_METHOD, "Classify", **spec_args(request.model_spec))
+                response = classification_pb2.ClassificationResponse()
+                response.model_spec.name, response.model_spec.version.value = servable.name, servable.version
+                response.model_spec.signature_name = entry.key
+                classes, scores = outputs.get("classes"), outputs.get("scores")
+                for row in range(count):
+                    result = response.result.classifications.add()
+                    width = (classes if classes is not None else scores).shape[-1]
+                    for k in range(width):
+                        item = result.classes.add()
+                        if classes is not None:
+                            value = classes[row][k]
+                            item.label = value.decode() if isinstance(value, bytes) else str(value)
+                        if scores is not None:
+                            item.score = float(scores[row][k])
+                return response
+
+            return self._timed("classify", request.model_spec.name, run, context)
+
+        def Regress(self, request, context):
+            def run():
+                servable, entry, outputs, count = core.run_examples(request, REGRESS_METHOD, "Regress", **spec_args(request.model_spec))
+                response = regression_pb2.RegressionResponse()
+                response.model_spec.name, response.model_spec.version.value = servable.name, servable.version
+                response.model_spec.signature_name = entry.key
+                values = outputs.get("outputs", next(iter(outputs.values()))).reshape(count, -1)
+                for row in range(count):
+                    response.result.regressions.add(value=float(values[row][0]))
+                return response
+
+            return self._timed("regress", request.model_spec.name, run, context)
+
+        def MultiInference(self, request, context):
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by the tfship local engine; use Predict, Classify or Regress")
+
+    class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+        def GetModelStatus(self, request, context):
+            try:
+                if not request.HasField("model_spec"):
+                    raise invalid("Missing ModelSpec")
+                states = core.manager.status(request.model_spec.name, **spec_args(request.model_spec))
+            except EngineError as exc:
+                _abort(context, exc)
+            response = get_model_status_pb2.GetModelStatusResponse()
+            for state in states:
+                entry = response.model_version_status.add()
+                entry.version = state.version
+                entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
+                entry.status.error_code = state.error_code.value[0]
+                entry.status.error_message = state.error_message
+            return response
+
+        def HandleReloadConfigRequest(self, request, context):
+            response = model_management_pb2.ReloadConfigResponse()
+            try:
+                core.reload_config(request.config)
+            except EngineError as exc:
+                response.status.error_code = exc.code.value[0]
+                response.status.error_message = exc.message
+            return response
+
+    return PredictionService(), ModelService()

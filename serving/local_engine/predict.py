@@ -1,0 +1,124 @@
+"""Predict requests: TF Serving's checks and messages, a shape check TF Serving lacks, then the call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import numpy as np
+
+from client.codec import CodecError, DT_STRING, dtype_name, shape_of, to_ndarray
+from serving.local_engine.errors import EngineError, invalid
+from serving.local_engine.models import Servable, SignatureEntry
+
+DEFAULT_SIGNATURE = "serving_default"
+
+# TensorFlow's DataTypeString names, which TF Serving's messages use.
+_TF_TYPE_NAMES = {"float32": "float", "float64": "double", "float16": "half"}
+
+
+def tf_type_name(dtype_text: str) -> str:
+    return _TF_TYPE_NAMES.get(dtype_text, dtype_text)
+
+
+def _fmt_set(names) -> str:
+    return "{" + ",".join(sorted(names)) + "}"
+
+
+def signature_of(servable: Servable, key: str) -> SignatureEntry:
+    key = key or DEFAULT_SIGNATURE
+    entry = servable.signatures.get(key)
+    if entry is None:
+        raise EngineError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
+    return entry
+
+
+def check_input_names(entry: SignatureEntry, sent: set[str]) -> None:
+    expected = set(entry.inputs)
+    if sent == expected:
+        return
+    if len(sent) != len(expected):
+        raise invalid(
+            f"input size does not match signature: {len(sent)}!={len(expected)} len({_fmt_set(sent)}) != "
+            f"len({_fmt_set(expected)}). Sent extra: {_fmt_set(sent - expected)}. Missing but required: {_fmt_set(expected - sent)}."
+        )
+    extra = sorted(sent - expected)[0]
+    raise invalid(f"input tensor alias not found in signature: {extra}. Inputs expected to be in the set {_fmt_set(expected)}.")
+
+
+def decode_inputs(entry: SignatureEntry, tensors: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Check names, dtypes and shapes of TensorProtos against the signature, then decode them."""
+    check_input_names(entry, set(tensors))
+    arrays = {}
+    for index, name in enumerate(entry.input_order):
+        tensor = tensors[name]
+        spec = entry.inputs[name]
+        expected_dt = spec.dtype.as_datatype_enum
+        if tensor.dtype != expected_dt:
+            raise invalid(f"Expects arg[{index}] to be {tf_type_name(dtype_name(expected_dt))} but {tf_type_name(dtype_name(tensor.dtype))} is provided")
+        shape = shape_of(tensor)
+        check_shape(name, spec.shape, shape)
+        try:
+            arrays[name] = to_ndarray(tensor)
+        except CodecError as exc:
+            raise invalid(f"input '{name}': {exc}") from None
+    return arrays
+
+
+def check_shape(name: str, expected: tuple[int | None, ...] | None, shape: tuple[int, ...]) -> None:
+    if expected is None:
+        return
+    if len(shape) != len(expected) or any(want is not None and want != got for want, got in zip(expected, shape)):
+        shown = "[" + ", ".join("-1" if d is None else str(d) for d in expected) + "]"
+        raise invalid(f"input '{name}' has shape {list(shape)} but the signature expects {shown} (-1: any size)")
+
+
+def check_arrays(entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The REST path: arrays already decoded from JSON; cast to the signature's dtypes and check shapes."""
+    check_input_names(entry, set(arrays))
+    result = {}
+    for index, name in enumerate(entry.input_order):
+        spec = entry.inputs[name]
+        value = arrays[name]
+        if spec.dtype.as_datatype_enum == DT_STRING:
+            result[name] = value.astype(object)
+        else:
+            target = np.dtype(spec.dtype.as_numpy_dtype)
+            try:
+                if value.dtype == object or (value.dtype.kind in "fc" and target.kind in "iub" and not np.all(np.mod(value, 1) == 0)):
+                    raise ValueError
+                result[name] = value.astype(target)
+            except (ValueError, TypeError):
+                raise invalid(f"Expects arg[{index}] to be {tf_type_name(np.dtype(target).name)} but {tf_type_name(str(value.dtype))} is provided") from None
+        check_shape(name, spec.shape, result[name].shape)
+    return result
+
+
+def check_output_filter(entry: SignatureEntry, output_filter) -> list[str]:
+    names = list(output_filter)
+    for name in names:
+        if name not in entry.outputs:
+            raise invalid(f"output tensor alias not found in signature: {name} Outputs expected to be in the set {_fmt_set(entry.outputs)}.")
+    return names
+
+
+def run_signature(entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+
+    try:
+        result = entry.fn(**{name: tf.constant(value) for name, value in arrays.items()})
+    except tf.errors.InvalidArgumentError as exc:
+        raise invalid(exc.message.splitlines()[0] if exc.message else "invalid argument") from None
+    except tf.errors.ResourceExhaustedError as exc:
+        raise EngineError(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message.splitlines()[0]) from None
+    except (tf.errors.OpError, ValueError, TypeError) as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        raise EngineError(grpc.StatusCode.INTERNAL, message.splitlines()[0][:500] if message else type(exc).__name__) from None
+    return {name: value.numpy() for name, value in result.items()}
+
+
+def batch_size(arrays: dict[str, np.ndarray]) -> int | None:
+    sizes = {v.shape[0] if v.ndim else None for v in arrays.values()}
+    if len(sizes) != 1 or None in sizes:
+        return None
+    return int(next(iter(sizes)))

@@ -1,0 +1,1 @@
+"""The ``tfship`` command: dispatches to exporter/, serving/ and client/."""
