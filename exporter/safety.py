@@ -102,11 +102,11 @@ def find_code(config: Any, custom_objects: Iterable[str] = ()) -> list[Finding]:
     """Entries of ``config`` that would run code from the file, or code the user did not provide."""
     provided = set(custom_objects)
     findings: list[Finding] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[str] = set()
 
     def add(layer: str, class_name: str, reason: str) -> None:
-        if (layer, reason) not in seen:
-            seen.add((layer, reason))
+        if layer not in seen:  # one finding per layer: the first reason is the one to tell
+            seen.add(layer)
             findings.append(Finding(layer, class_name, reason))
 
     for node, layer in _walk(config):

@@ -380,7 +380,7 @@ def _from_keras_model(model: Any, kind: str, source: Path) -> LoadedModel:
         shape = tuple(None if d is None else int(d) for d in tensor.shape)
         input_specs.append(TensorSpec(name, np.dtype(dtype).name if dtype is not object else "string", shape))
     output_structure = model.outputs if hasattr(model, "outputs") else None
-    raw_output_names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(output_structure or [1]))])
+    raw_output_names = _output_names(model, output_structure)
     dict_outputs = isinstance(getattr(model, "output", None), dict)
     if dict_outputs:
         raw_output_names = list(model.output.keys())
@@ -422,6 +422,20 @@ def _from_keras_model(model: Any, kind: str, source: Path) -> LoadedModel:
     return LoadedModel(kind=kind, source=source, signature=signature, predict_fn=predict_fn,
                        write_savedmodel=write_savedmodel, keras_model=model, notices=notices,
                        vocab_sizes={s.name: vocab for s in input_specs if vocab and "int" in s.dtype})
+
+
+def _output_names(model: Any, outputs: Any) -> list[str]:
+    """Output names from the model's output layers (Keras 3 Sequential has no output_names)."""
+    names = list(getattr(model, "output_names", None) or [])
+    if names:
+        return names
+    for tensor in list(outputs or []):
+        history = getattr(tensor, "_keras_history", None)
+        operation = getattr(history, "operation", None) or (history[0] if isinstance(history, tuple) and history else None)
+        names.append(getattr(operation, "name", None) or f"output_{len(names)}")
+    if not names and getattr(model, "layers", None):
+        names = [model.layers[-1].name]
+    return names or ["output_0"]
 
 
 def _embedding_vocab(model: Any) -> int | None:
