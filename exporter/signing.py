@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.errors import SignatureError, UsageError
+from client.errors import SignatureError, TfshipError, UsageError
 from exporter.manifest import SIGNATURE_FILE
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,17 @@ def sign(directory: Path, *, key: Path | None = None, password: str | bytes | No
     else:
         if not Path(key).is_file():
             raise UsageError(f"{key}: private key file not found")
-        if certificate is not None:
-            config = config.use_certificate_signer(private_key=key, signing_certificate=certificate,
-                                                   certificate_chain=list(certificate_chain))
-        else:
-            # model_signing 1.1.1 types the password as str but the key loader wants bytes.
-            config = config.use_elliptic_key_signer(private_key=key, password=_password_bytes(password))
+        try:
+            if certificate is not None:
+                config = config.use_certificate_signer(private_key=key, signing_certificate=certificate,
+                                                       certificate_chain=list(certificate_chain))
+            else:
+                # model_signing 1.1.1 types the password as str but the key loader wants bytes.
+                config = config.use_elliptic_key_signer(private_key=key, password=_password_bytes(password))
+        except Exception as exc:  # wrong password, not a PEM key, not an EC key
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            hint = " (wrong or missing password?)" if "password" in text.lower() or "decrypt" in text.lower() else ""
+            raise TfshipError(f"{key}: cannot use this private key: {text}{hint}") from None
     target = directory / SIGNATURE_FILE
     try:
         config.set_hashing_config(_hashing_config(directory)).sign(directory, target)

@@ -1,0 +1,126 @@
+"""Signed versions verify; every tamper case is refused with a readable reason by verify and by serve."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_repo, run_cli
+
+
+def test_keys_generate_private_mode_and_no_overwrite(tmp_path):
+    result = run_cli("keys", "generate", "--out", tmp_path / "k")
+    assert result.exit_code == 0, result.stderr
+    private = tmp_path / "k" / "signing_key.pem"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    before = private.read_bytes()
+    again = run_cli("keys", "generate", "--out", tmp_path / "k")
+    assert again.exit_code == 2 and "--force" in again.stderr
+    assert private.read_bytes() == before
+    assert run_cli("keys", "generate", "--out", tmp_path / "k", "--force").exit_code == 0
+    assert private.read_bytes() != before
+
+
+def test_password_protected_key_signs(tmp_path, signed_repo):
+    assert run_cli("keys", "generate", "--out", tmp_path / "k", "--password", "s3cret").exit_code == 0
+    assert b"ENCRYPTED" in (tmp_path / "k" / "signing_key.pem").read_bytes()
+    version = shutil.copytree(signed_repo["repo"] / "digits" / "2", tmp_path / "v")
+    (version / "model.sig").unlink()
+    wrong = run_cli("sign", version, "--key", tmp_path / "k" / "signing_key.pem", "--password", "nope")
+    assert wrong.exit_code == 1 and "password" in wrong.stderr and not (version / "model.sig").exists()
+    assert run_cli("sign", version, "--key", tmp_path / "k" / "signing_key.pem", "--password", "s3cret").exit_code == 0
+    assert run_cli("verify", version, "--public-key", tmp_path / "k" / "signing_key.pub").exit_code == 0
+
+
+def test_exported_version_verifies(signed_repo, keys):
+    result = run_cli("verify", signed_repo["repo"] / "digits" / "1", "--public-key", keys["public"])
+    assert result.exit_code == 0, result.stderr
+    assert "verified" in result.stdout
+
+
+def _flip_bit(v: Path) -> None:
+    path = next((v / "variables").glob("variables.data*"))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _swap(v: Path) -> None:
+    a, b = v / "model.onnx", v / "model.tflite"
+    da, db = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db)
+    b.write_bytes(da)
+
+
+def _resign_other_key(keys):
+    def tamper(v: Path) -> None:
+        (v / "model.sig").unlink()
+        from exporter.signing import sign
+
+        sign(v, key=keys["other_private"])
+    return tamper
+
+
+TAMPER = {
+    "flipped bit in variables": (_flip_bit, "changed since signing: variables/variables.data"),
+    "file added": (lambda v: (v / "extra.txt").write_text("hi"), "added since signing: extra.txt"),
+    "file deleted": (lambda v: (v / "model.onnx").unlink(), "missing since signing: model.onnx"),
+    "file renamed": (lambda v: (v / "model.onnx").rename(v / "model2.onnx"), "model2.onnx"),
+    "two files swapped": (_swap, "changed since signing"),
+    "manifest edited": (lambda v: (v / "manifest.json").write_text((v / "manifest.json").read_text().replace('"pass"', '"PASS"', 1)),
+                        "changed since signing: manifest.json"),
+    "truncated signature": (lambda v: (v / "model.sig").write_bytes((v / "model.sig").read_bytes()[:100]), "damaged"),
+    "missing signature": (lambda v: (v / "model.sig").unlink(), "no signature"),
+    "symlink inserted": (lambda v: os.symlink("/etc/hostname", v / "link"), "symbolic link"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPER) + ["signed with another key", "wrong public key"])
+def test_tampering_is_refused_by_verify_and_serve(case, signed_repo, keys, tmp_path):
+    repo = copy_repo(signed_repo["repo"], tmp_path / "models")
+    version = repo / "digits" / "1"
+    public = keys["public"]
+    if case == "signed with another key":
+        _resign_other_key(keys)(version)
+        expected = "another key"
+    elif case == "wrong public key":
+        public = keys["other_public"]
+        expected = "another key"
+    else:
+        tamper, expected = TAMPER[case]
+        tamper(version)
+    result = run_cli("verify", version, "--public-key", public)
+    assert result.exit_code == 5, result.stdout + result.stderr
+    assert expected in result.stderr, result.stderr
+    assert "[" not in result.stderr and "InvalidSignature" not in result.stderr  # not a list repr or a bare class name
+
+    served = run_cli("serve", "up", "--repo", repo, "--engine", "local", "--public-key", public,
+                     "--grpc-port", "0", "--rest-port", "0", "--detach")
+    assert served.exit_code == 5
+    assert "digits/1" in served.stderr and expected in served.stderr
+    assert not (repo / ".tfship-run" / "engine.json").exists()
+
+
+def test_skip_invalid_leaves_failing_versions_out_of_the_config(signed_repo, keys, tmp_path):
+    from serving.config import read_model_server_config
+
+    repo = copy_repo(signed_repo["repo"], tmp_path / "models")
+    (repo / "digits" / "2" / "golden.npz").write_bytes(b"swapped")
+    refused = run_cli("serve", "config", "--repo", repo, "--public-key", keys["public"], "--versions", "all")
+    assert refused.exit_code == 5 and "digits/2" in refused.stderr
+    result = run_cli("serve", "config", "--repo", repo, "--public-key", keys["public"], "--versions", "all", "--skip-invalid")
+    assert result.exit_code == 0, result.stderr
+    config = read_model_server_config(repo / "models.config")
+    assert list(config.model_config_list.config[0].model_version_policy.specific.versions) == [1]
+
+
+def test_serving_needs_a_key_or_allow_unsigned(signed_repo, tmp_path):
+    repo = copy_repo(signed_repo["repo"], tmp_path / "models")
+    result = run_cli("serve", "config", "--repo", repo)
+    assert result.exit_code == 2 and "--public-key" in result.stderr and "--allow-unsigned" in result.stderr
+    unsigned = run_cli("serve", "config", "--repo", repo, "--allow-unsigned")
+    assert unsigned.exit_code == 0 and "WITHOUT checking" in unsigned.stderr
