@@ -36,15 +36,19 @@ def _decode_b64(value: Any) -> Any:
 
 
 def _to_array(value: Any) -> np.ndarray:
-    array = np.array(value)
-    if array.dtype.kind in "SU":
-        array = np.array(value, dtype=object)
-    if array.dtype == object:
-        flat = [v.encode("utf-8") if isinstance(v, str) else v for v in array.reshape(-1)]
-        out = np.empty(len(flat), dtype=object)
-        out[:] = flat
-        array = out.reshape(array.shape)
-    return array
+    try:
+        probe = np.array(value, dtype=object)
+    except ValueError:
+        raise invalid("JSON Value: ragged array (every row must have the same length)") from None
+    flat = probe.reshape(-1)
+    if any(isinstance(v, (bytes, str)) for v in flat):
+        out = np.empty(flat.shape, dtype=object)
+        out[:] = [v.encode("utf-8") if isinstance(v, str) else v for v in flat]
+        return out.reshape(probe.shape)
+    try:
+        return np.array(value)
+    except ValueError:
+        raise invalid("JSON Value: ragged array (every row must have the same length)") from None
 
 
 def _json_value(name: str, array: np.ndarray) -> Any:
@@ -115,6 +119,20 @@ def make_handler(core):
             return match, version, match["label"]
 
         def do_GET(self) -> None:
+            try:
+                self._get()
+            except Exception as exc:  # never drop the connection without an answer
+                log.exception("REST GET %s failed", self.path)
+                self._send(500, {"error": f"internal error: {type(exc).__name__}"})
+
+        def do_POST(self) -> None:
+            try:
+                self._post()
+            except Exception as exc:  # never drop the connection without an answer
+                log.exception("REST POST %s failed", self.path)
+                self._send(500, {"error": f"internal error: {type(exc).__name__}"})
+
+        def _get(self) -> None:
             if self.path.split("?")[0] == PROMETHEUS_PATH:
                 self._send(200, core.metrics.render(), "text/plain; version=0.0.4")
                 return
@@ -135,7 +153,7 @@ def make_handler(core):
             except EngineError as exc:
                 self._error(exc)
 
-        def do_POST(self) -> None:
+        def _post(self) -> None:
             started = time.perf_counter()
             name = "?"
             try:
