@@ -117,3 +117,16 @@ def signed_repo(digits_model, keys, tmp_path_factory):
 def copy_repo(repo: Path, destination: Path) -> Path:
     shutil.copytree(repo, destination, symlinks=True)
     return destination
+
+
+def pytest_collection_modifyitems(config, items):
+    docker_items = [item for item in items if item.get_closest_marker("docker")]
+    if not docker_items:
+        return
+    from serving.docker_engine import engine_problem
+
+    problem = engine_problem()
+    if problem:
+        skip = pytest.mark.skip(reason=f"needs a reachable Docker engine; none answered here ({problem})")
+        for item in docker_items:
+            item.add_marker(skip)
