@@ -73,6 +73,11 @@ DTYPE_NAMES = {
 DTYPE_FROM_NAME = {name: dt for dt, name in DTYPE_NAMES.items()}
 
 
+# TensorFlow fills a tensor whose value list is short with its last value (or zeros). A request can
+# claim a huge shape with no values at all; refuse to materialize more than this many elements that way.
+MAX_FILLED_ELEMENTS = 1 << 26
+
+
 class CodecError(ValueError):
     """The array or the tensor cannot be converted."""
 
@@ -168,6 +173,9 @@ def _fill(array: np.ndarray, count: int, shape: tuple[int, ...], field: str) -> 
     # TensorFlow pads a short value list with its last value (a single value fills the tensor).
     if array.size == count:
         return array.reshape(shape)
+    if count > MAX_FILLED_ELEMENTS:
+        raise CodecError(f"{field} holds {array.size} values for shape {list(shape)} ({count} elements); "
+                         f"send the values (tensor_content) instead of relying on fill")
     if array.size == 0:
         return np.zeros(shape, dtype=array.dtype if array.dtype != object else object)
     if array.size < count:

@@ -49,7 +49,8 @@ def container_name(repo: Path) -> str:
     return "tfship-serving-" + hashlib.sha256(str(Path(repo).resolve()).encode()).hexdigest()[:10]
 
 
-def server_flags(*, batching: bool, ssl: bool, monitoring: bool = True) -> list[str]:
+def server_flags(*, batching: bool, ssl: bool, monitoring: bool = True, intra_op_threads: int = 0,
+                 inter_op_threads: int = 0) -> list[str]:
     flags = [f"--model_config_file={CONTAINER_ROOT}/{MODELS_CONFIG}",
              f"--model_config_file_poll_wait_seconds={CONFIG_POLL_SECONDS}"]
     if batching:
@@ -58,6 +59,10 @@ def server_flags(*, batching: bool, ssl: bool, monitoring: bool = True) -> list[
         flags.append(f"--monitoring_config_file={CONTAINER_ROOT}/{MONITORING_CONFIG}")
     if ssl:
         flags.append(f"--ssl_config_file={CONTAINER_ROOT}/{SSL_CONFIG}")
+    if intra_op_threads:
+        flags.append(f"--tensorflow_intra_op_parallelism={intra_op_threads}")
+    if inter_op_threads:
+        flags.append(f"--tensorflow_inter_op_parallelism={inter_op_threads}")
     return flags
 
 
@@ -91,12 +96,12 @@ class ContainerSpec:
 
 def container_spec(repo: Path, *, grpc_port: int = 8500, rest_port: int = 8501, batching: bool = False,
                    ssl: bool = False, gpu: bool = False, image: str | None = None, host: str = "127.0.0.1",
-                   mem_limit: str | None = None) -> ContainerSpec:
+                   mem_limit: str | None = None, intra_op_threads: int = 0, inter_op_threads: int = 0) -> ContainerSpec:
     repo = Path(repo).resolve()
     return ContainerSpec(
         image=image or default_image_tag(repo, gpu),
         name=container_name(repo),
-        command=server_flags(batching=batching, ssl=ssl),
+        command=server_flags(batching=batching, ssl=ssl, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads),
         ports={"8500/tcp": (host, grpc_port), "8501/tcp": (host, rest_port)},
         volumes={str(repo): {"bind": CONTAINER_ROOT, "mode": "ro"}},
         # The entrypoint also serves MODEL_NAME from MODEL_BASE_PATH; the config file takes precedence.

@@ -45,6 +45,9 @@ class ServeOptions:
     image: str | None = None
     timeout: float = 120.0
     poll_seconds: float = 1.0
+    # TF Serving's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism (0: TensorFlow's default).
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,9 @@ def _state_running(state: dict) -> bool:
 
 def engine_args(options: ServeOptions, generated: GeneratedConfig) -> list[str]:
     args = ["--config", str(generated.local_config), "--host", options.host, "--grpc-port", str(options.grpc_port),
-            "--rest-port", str(options.rest_port), "--poll-seconds", str(options.poll_seconds)]
+            "--rest-port", str(options.rest_port), "--poll-seconds", str(options.poll_seconds),
+            "--tensorflow-intra-op-parallelism", str(options.intra_op_threads),
+            "--tensorflow-inter-op-parallelism", str(options.inter_op_threads)]
     if options.public_key and not options.allow_unsigned:
         args += ["--public-key", str(options.public_key)]
     if generated.batching_config:
@@ -241,7 +246,8 @@ def _up_local_foreground(options: ServeOptions, generated: GeneratedConfig) -> d
     engine = build_local_engine(generated.local_config, host=options.host, grpc_port=options.grpc_port,
                                 rest_port=options.rest_port, public_key=None if options.allow_unsigned else options.public_key,
                                 batching_file=generated.batching_config, ssl_config_file=generated.ssl_config,
-                                poll_seconds=options.poll_seconds)
+                                poll_seconds=options.poll_seconds, intra_op_threads=options.intra_op_threads,
+                                inter_op_threads=options.inter_op_threads)
     engine.start()
     _write_state(options.repo, {"engine": "local", "pid": os.getpid(), "host": options.host,
                                 "grpc_port": engine.grpc_port, "rest_port": engine.rest_port, "models": generated.models})
@@ -255,7 +261,8 @@ def _up_local_foreground(options: ServeOptions, generated: GeneratedConfig) -> d
 
 
 def build_local_engine(config_file: Path, *, host: str, grpc_port: int, rest_port: int | None, public_key: Path | None,
-                       batching_file: Path | None = None, ssl_config_file: Path | None = None, poll_seconds: float = 1.0):
+                       batching_file: Path | None = None, ssl_config_file: Path | None = None, poll_seconds: float = 1.0,
+                       intra_op_threads: int = 0, inter_op_threads: int = 0):
     from serving.local_engine import LocalEngine, TlsOptions
     from serving.local_engine.models import configs_from_proto
 
@@ -267,7 +274,8 @@ def build_local_engine(config_file: Path, *, host: str, grpc_port: int, rest_por
         tls = TlsOptions(server_key=ssl.server_key.encode(), server_cert=ssl.server_cert.encode(),
                          custom_ca=ssl.custom_ca.encode() if ssl.custom_ca else None, client_verify=ssl.client_verify)
     return LocalEngine(configs, host=host, grpc_port=grpc_port, rest_port=rest_port, verifier=gate.verifier_for(public_key),
-                       batching=batching, poll_seconds=poll_seconds, tls=tls)
+                       batching=batching, poll_seconds=poll_seconds, tls=tls, intra_op_threads=intra_op_threads,
+                       inter_op_threads=inter_op_threads)
 
 
 def _up_docker(options: ServeOptions, generated: GeneratedConfig) -> dict:
@@ -278,7 +286,8 @@ def _up_docker(options: ServeOptions, generated: GeneratedConfig) -> dict:
     launcher = docker_engine.DockerLauncher(client)
     spec = docker_engine.container_spec(options.repo, grpc_port=options.grpc_port, rest_port=options.rest_port,
                                         batching=generated.batching_config is not None, ssl=generated.ssl_config is not None,
-                                        gpu=options.gpu, image=options.image, host=options.host)
+                                        gpu=options.gpu, image=options.image, host=options.host,
+                                        intra_op_threads=options.intra_op_threads, inter_op_threads=options.inter_op_threads)
     launcher.start(spec)
     _write_state(options.repo, {"engine": "docker", "container": spec.name, "image": spec.image, "host": options.host,
                                 "grpc_port": options.grpc_port, "rest_port": options.rest_port, "models": generated.models})

@@ -185,8 +185,9 @@ def test_docker_launcher_builds_the_container_tf_serving_needs(signed_repo, keys
 def test_docker_gpu_spec(signed_repo, tmp_path):
     from serving.docker_engine import container_spec
 
-    spec = container_spec(signed_repo["repo"], gpu=True, grpc_port=9500, rest_port=9501, host="0.0.0.0")
+    spec = container_spec(signed_repo["repo"], gpu=True, grpc_port=9500, rest_port=9501, host="0.0.0.0", intra_op_threads=1)
     kwargs = spec.run_kwargs()
+    assert "--tensorflow_intra_op_parallelism=1" in kwargs["command"]
     assert kwargs["image"] == "tensorflow/serving:2.21.0-gpu"
     (request,) = kwargs["device_requests"]
     assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]

@@ -1,18 +1,21 @@
 """Dynamic batching: concurrent requests for one model version and signature become one model call.
 
-Like TF Serving's batching session: tasks queue per (servable, signature, input shapes); a batch
-closes when it reaches ``max_batch_size`` or ``batch_timeout_micros`` after its first task; it is padded
-up to the next ``allowed_batch_sizes`` entry; the results are split back, each caller getting its rows.
+Like TF Serving's batching session: tasks queue per (servable, signature, input shapes); a batch closes
+when it reaches ``max_batch_size`` or ``batch_timeout_micros`` after its first task; it is padded up to the
+next ``allowed_batch_sizes`` entry; the results are split back, each caller getting its own rows.
+
+The batcher lives on the engine's asyncio loop (the gRPC server's): queueing, merging and splitting
+are plain callbacks on that loop, with no thread hand-off per request; only the model call runs on one
+of ``num_batch_threads`` threads (TensorFlow releases the GIL while it computes). A batch that is due
+while every batch thread is busy keeps taking tasks until a thread frees up, so batches grow with load.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
-from concurrent.futures import Future
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import grpc
 import numpy as np
@@ -20,126 +23,109 @@ import numpy as np
 from serving.config import BatchingOptions
 from serving.local_engine.errors import EngineError, invalid
 
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
 
 @dataclass
 class _Task:
     arrays: dict[str, np.ndarray]
     size: int
-    future: Future = field(default_factory=Future)
+    future: asyncio.Future
 
 
+@dataclass
 class _Queue:
-    def __init__(self, key: tuple, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], options: BatchingOptions,
-                 on_batch: Callable[[int, int], None] | None) -> None:
-        self.key = key
-        self.run = run
-        self.options = options
-        self.on_batch = on_batch
-        self.tasks: queue.Queue[_Task] = queue.Queue(maxsize=options.max_enqueued_batches * options.max_batch_size)
-        self.leftover: _Task | None = None
-        self.lock = threading.Lock()
+    run: Runner
+    model_name: str
+    tasks: list[_Task] = field(default_factory=list)
+    pending_rows: int = 0
+    timer: asyncio.TimerHandle | None = None
+    due: bool = False  # the oldest task has waited batch_timeout_micros
 
 
 class Batcher:
     def __init__(self, options: BatchingOptions, on_batch: Callable[[str, int, int], None] | None = None) -> None:
         self.options = options.check()
         self._queues: dict[tuple, _Queue] = {}
-        self._lock = threading.Lock()
-        self._work: queue.Queue[_Queue | None] = queue.Queue()
+        self._pool = ThreadPoolExecutor(max_workers=options.num_batch_threads, thread_name_prefix="tfship-batch")
+        self._free_threads = options.num_batch_threads
         self._on_batch = on_batch
-        self._threads = [threading.Thread(target=self._worker, name=f"tfship-batch-{i}", daemon=True)
-                         for i in range(options.num_batch_threads)]
-        self._stopped = False
-        for thread in self._threads:
-            thread.start()
+        self._enqueued = 0
 
     def stop(self) -> None:
-        self._stopped = True
-        for _ in self._threads:
-            self._work.put(None)
-        for thread in self._threads:
-            thread.join(timeout=5)
+        self._pool.shutdown(wait=True, cancel_futures=False)
 
-    def submit(self, key: tuple, model_name: str, arrays: dict[str, np.ndarray], size: int,
-               run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], timeout: float | None = None) -> dict[str, np.ndarray]:
+    async def submit(self, key: tuple, model_name: str, arrays: dict[str, np.ndarray], size: int, run: Runner) -> dict[str, np.ndarray]:
         if size > self.options.max_batch_size:
             raise invalid(f"Task size {size} is larger than maximum input batch size {self.options.max_batch_size}")
+        if self._enqueued >= self.options.max_enqueued_batches * self.options.max_batch_size:
+            raise EngineError(grpc.StatusCode.UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full")
+        loop = asyncio.get_running_loop()
         shapes = tuple((name, arrays[name].shape[1:], arrays[name].dtype.str) for name in sorted(arrays))
-        full_key = key + (shapes,)
-        with self._lock:
-            q = self._queues.get(full_key)
-            if q is None:
-                q = self._queues[full_key] = _Queue(full_key, run, self.options,
-                                                    (lambda s, n, m=model_name: self._on_batch(m, s, n)) if self._on_batch else None)
-        task = _Task(arrays, size)
+        queue = self._queues.get(key + (shapes,))
+        if queue is None:
+            queue = self._queues[key + (shapes,)] = _Queue(run, model_name)
+        task = _Task(arrays, size, loop.create_future())
+        queue.tasks.append(task)
+        queue.pending_rows += size
+        self._enqueued += 1
+        if queue.pending_rows >= self.options.max_batch_size:
+            self._dispatch(queue)
+        elif queue.timer is None and not queue.due:
+            queue.timer = loop.call_later(self.options.batch_timeout_micros / 1e6, self._timeout, queue)
+        return await task.future
+
+    def _timeout(self, queue: _Queue) -> None:
+        queue.timer = None
+        queue.due = True
+        self._dispatch(queue)
+
+    def _dispatch(self, queue: _Queue) -> None:
+        """Start batches from ``queue`` while a batch thread is free and a batch is full or due."""
+        loop = asyncio.get_running_loop()
+        while self._free_threads > 0 and queue.tasks and (queue.due or queue.pending_rows >= self.options.max_batch_size):
+            batch, rows = [], 0
+            while queue.tasks and rows + queue.tasks[0].size <= self.options.max_batch_size:
+                task = queue.tasks.pop(0)
+                batch.append(task)
+                rows += task.size
+            queue.pending_rows -= rows
+            self._enqueued -= len(batch)
+            self._free_threads -= 1
+            loop.create_task(self._execute(queue, batch, rows))
+        if not queue.tasks:
+            queue.due = False
+            if queue.timer is not None:
+                queue.timer.cancel()
+                queue.timer = None
+
+    async def _execute(self, queue: _Queue, batch: list[_Task], rows: int) -> None:
+        target = next((s for s in self.options.allowed_batch_sizes if s >= rows), rows)
+        merged = {name: np.concatenate([t.arrays[name] for t in batch]) if len(batch) > 1 else batch[0].arrays[name]
+                  for name in batch[0].arrays}
+        if target > rows:
+            merged = {name: np.concatenate([value, np.repeat(value[-1:], target - rows, axis=0)]) for name, value in merged.items()}
         try:
-            q.tasks.put_nowait(task)
-        except queue.Full:
-            raise EngineError(grpc.StatusCode.UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full") from None
-        self._work.put(q)
-        return task.future.result(timeout=timeout)
-
-    def _worker(self) -> None:
-        while True:
-            q = self._work.get()
-            if q is None:
-                return
-            while True:
-                # Form under the queue's lock, run outside it: another thread forms the next batch meanwhile.
-                with q.lock:
-                    batch = self._form_batch(q)
-                if not batch:
-                    break
-                self._execute(q, batch)
-
-    def _form_batch(self, q: _Queue) -> list[_Task]:
-        batch: list[_Task] = []
-        total = 0
-        if q.leftover is not None:
-            batch.append(q.leftover)
-            total = q.leftover.size
-            q.leftover = None
-        else:
-            try:
-                first = q.tasks.get_nowait()
-            except queue.Empty:
-                return []
-            batch.append(first)
-            total = first.size
-        deadline = time.monotonic() + self.options.batch_timeout_micros / 1e6
-        while total < self.options.max_batch_size:
-            remaining = deadline - time.monotonic()
-            try:
-                task = q.tasks.get(timeout=remaining) if remaining > 0 else q.tasks.get_nowait()
-            except queue.Empty:
-                break
-            if total + task.size > self.options.max_batch_size:
-                q.leftover = task
-                break
-            batch.append(task)
-            total += task.size
-        return batch
-
-    def _execute(self, q: _Queue, batch: list[_Task]) -> None:
-        total = sum(t.size for t in batch)
-        target = next((s for s in self.options.allowed_batch_sizes if s >= total), total)
-        merged = {name: np.concatenate([t.arrays[name] for t in batch]) for name in batch[0].arrays}
-        if target > total:
-            merged = {name: np.concatenate([value, np.repeat(value[-1:], target - total, axis=0)]) for name, value in merged.items()}
-        try:
-            outputs = q.run(merged)
+            outputs = await asyncio.get_running_loop().run_in_executor(self._pool, queue.run, merged)
         except BaseException as exc:  # every caller in the batch gets the error
             for task in batch:
-                task.future.set_exception(exc)
+                if not task.future.done():
+                    task.future.set_exception(exc)
             return
-        if q.on_batch:
-            q.on_batch(target, len(batch))
+        finally:
+            self._free_threads += 1
+            for waiting in list(self._queues.values()):
+                if waiting.tasks and (waiting.due or waiting.pending_rows >= self.options.max_batch_size):
+                    self._dispatch(waiting)
+        if self._on_batch:
+            self._on_batch(queue.model_name, target, len(batch))
         offset = 0
         for task in batch:
+            if task.future.done():  # the caller went away (deadline, cancellation)
+                offset += task.size
+                continue
             try:
-                part = {name: value[offset:offset + task.size] for name, value in outputs.items()}
+                task.future.set_result({name: value[offset:offset + task.size] for name, value in outputs.items()})
             except (IndexError, TypeError):
                 task.future.set_exception(EngineError(grpc.StatusCode.INTERNAL, "batched output has no batch dimension"))
-                continue
-            task.future.set_result(part)
             offset += task.size

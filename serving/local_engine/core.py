@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,8 +23,11 @@ log = logging.getLogger(__name__)
 
 class EngineCore:
     def __init__(self, configs: list[ModelConfig], *, verifier: Callable[[Path], str | None] | None = None,
-                 batching: BatchingOptions | None = None, poll_seconds: float = 1.0) -> None:
+                 batching: BatchingOptions | None = None, poll_seconds: float = 1.0, model_threads: int = 4) -> None:
         self.metrics = Metrics()
+        # Model calls without batching run here (TensorFlow releases the GIL while computing).
+        self.model_pool = ThreadPoolExecutor(max_workers=model_threads, thread_name_prefix="tfship-model")
+        self.loop: asyncio.AbstractEventLoop | None = None  # the gRPC server's loop, set by LocalEngine
         self.batcher = Batcher(batching, on_batch=lambda m, s, n: self.metrics.batch(m, s, n)) if batching else None
         self.manager = ModelManager(configs, verifier=verifier, poll_seconds=poll_seconds,
                                     warmup_runner=self._warmup_record, metrics=self.metrics)
@@ -34,25 +39,45 @@ class EngineCore:
         self.manager.stop()
         if self.batcher:
             self.batcher.stop()
+        self.model_pool.shutdown(wait=True)
 
     def reload_config(self, config_proto) -> None:
         self.manager.reload_config(configs_from_proto(config_proto))
 
     # -- predict ----------------------------------------------------------------------------------
 
-    def _run(self, servable: Servable, entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def run_async(self, servable: Servable, entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         size = predict.batch_size(arrays)
         if self.batcher is not None and size is not None:
-            return self.batcher.submit((servable.name, servable.version, entry.key, id(servable)), servable.name, arrays,
-                                       size, lambda merged: predict.run_signature(entry, merged))
-        return predict.run_signature(entry, arrays)
+            return await self.batcher.submit((servable.name, servable.version, entry.key, id(servable)), servable.name,
+                                             arrays, size, lambda merged: predict.run_signature(entry, merged))
+        return await asyncio.get_running_loop().run_in_executor(self.model_pool, predict.run_signature, entry, arrays)
 
-    def predict_tensors(self, name: str, signature: str, tensors: dict[str, Any], output_filter: list[str],
+    def _run(self, servable: Servable, entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """From a thread that is not the loop's (REST): the same path, batching included."""
+        if self.loop is None or not self.loop.is_running():
+            return predict.run_signature(entry, arrays)
+        return asyncio.run_coroutine_threadsafe(self.run_async(servable, entry, arrays), self.loop).result()
+
+    def prepare_tensors(self, name: str, signature: str, tensors: dict[str, Any], output_filter: list[str],
                         version: int | None = None, label: str | None = None):
         servable = self.manager.resolve(name, version, label)
         entry = predict.signature_of(servable, signature)
         arrays = predict.decode_inputs(entry, tensors)
         wanted = predict.check_output_filter(entry, output_filter)
+        return servable, entry, arrays, wanted
+
+    async def predict_tensors_async(self, name: str, signature: str, tensors: dict[str, Any], output_filter: list[str],
+                                    version: int | None = None, label: str | None = None):
+        servable, entry, arrays, wanted = self.prepare_tensors(name, signature, tensors, output_filter, version, label)
+        outputs = await self.run_async(servable, entry, arrays)
+        if wanted:
+            outputs = {k: outputs[k] for k in wanted}
+        return servable, entry, outputs
+
+    def predict_tensors(self, name: str, signature: str, tensors: dict[str, Any], output_filter: list[str],
+                        version: int | None = None, label: str | None = None):
+        servable, entry, arrays, wanted = self.prepare_tensors(name, signature, tensors, output_filter, version, label)
         outputs = self._run(servable, entry, arrays)
         if wanted:
             outputs = {k: outputs[k] for k in wanted}

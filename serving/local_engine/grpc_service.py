@@ -1,7 +1,12 @@
-"""gRPC services of TF Serving (PredictionService, ModelService) on the official generated stubs."""
+"""gRPC services of TF Serving (PredictionService, ModelService) on the official generated stubs.
+
+The handlers are coroutines on the engine's asyncio loop (grpc.aio): checks and encoding run inline,
+model calls go to threads; a request costs no thread hand-off of its own.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -15,8 +20,8 @@ CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 
 
-def _abort(context, exc: EngineError):
-    context.abort(exc.code, exc.message)
+async def _abort(context, exc: EngineError):
+    await context.abort(exc.code, exc.message)
 
 
 def build_servicers(core) -> tuple[Any, Any]:
@@ -37,23 +42,23 @@ def build_servicers(core) -> tuple[Any, Any]:
                 "label": spec.version_label if choice == "version_label" else None}
 
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-        def _timed(self, api: str, model: str, fn, context):
+        async def _timed(self, api: str, model: str, coroutine, context):
             started = time.perf_counter()
             try:
-                result = fn()
+                result = await coroutine
                 core.metrics.request(model, api, "GRPC", "OK", (time.perf_counter() - started) * 1e6)
                 return result
             except EngineError as exc:
                 core.metrics.request(model, api, "GRPC", exc.code.name, (time.perf_counter() - started) * 1e6)
-                _abort(context, exc)
+                await _abort(context, exc)
 
-        def Predict(self, request, context):
-            def run():
+        async def Predict(self, request, context):
+            async def run():
                 if not request.HasField("model_spec"):
                     raise invalid("Missing ModelSpec")
                 spec = request.model_spec
-                servable, entry, outputs = core.predict_tensors(spec.name, spec.signature_name, dict(request.inputs),
-                                                                list(request.output_filter), **spec_args(spec))
+                servable, entry, outputs = await core.predict_tensors_async(spec.name, spec.signature_name, dict(request.inputs),
+                                                                            list(request.output_filter), **spec_args(spec))
                 response = predict_pb2.PredictResponse()
                 response.model_spec.name = servable.name
                 response.model_spec.version.value = servable.version
@@ -62,10 +67,10 @@ def build_servicers(core) -> tuple[Any, Any]:
                     to_tensor_proto(value, response.outputs[name])
                 return response
 
-            return self._timed("predict", request.model_spec.name, run, context)
+            return await self._timed("predict", request.model_spec.name, run(), context)
 
-        def GetModelMetadata(self, request, context):
-            def run():
+        async def GetModelMetadata(self, request, context):
+            async def run():
                 if not request.HasField("model_spec"):
                     raise invalid("Missing ModelSpec")
                 if not request.metadata_field:
@@ -85,11 +90,12 @@ def build_servicers(core) -> tuple[Any, Any]:
                 response.metadata["signature_def"].CopyFrom(packed)
                 return response
 
-            return self._timed("GetModelMetadata", request.model_spec.name, run, context)
+            return await self._timed("GetModelMetadata", request.model_spec.name, run(), context)
 
-        def Classify(self, request, context):
-            def run():
-                servable, entry, outputs, count = core.run_examples(request, CLASSIFY_METHOD, "Classify", **spec_args(request.model_spec))
+        async def Classify(self, request, context):
+            async def run():
+                servable, entry, outputs, count = await asyncio.get_running_loop().run_in_executor(
+                    core.model_pool, lambda: core.run_examples(request, CLASSIFY_METHOD, "Classify", **spec_args(request.model_spec)))
                 response = classification_pb2.ClassificationResponse()
                 response.model_spec.name, response.model_spec.version.value = servable.name, servable.version
                 response.model_spec.signature_name = entry.key
@@ -106,11 +112,12 @@ def build_servicers(core) -> tuple[Any, Any]:
                             item.score = float(scores[row][k])
                 return response
 
-            return self._timed("classify", request.model_spec.name, run, context)
+            return await self._timed("classify", request.model_spec.name, run(), context)
 
-        def Regress(self, request, context):
-            def run():
-                servable, entry, outputs, count = core.run_examples(request, REGRESS_METHOD, "Regress", **spec_args(request.model_spec))
+        async def Regress(self, request, context):
+            async def run():
+                servable, entry, outputs, count = await asyncio.get_running_loop().run_in_executor(
+                    core.model_pool, lambda: core.run_examples(request, REGRESS_METHOD, "Regress", **spec_args(request.model_spec)))
                 response = regression_pb2.RegressionResponse()
                 response.model_spec.name, response.model_spec.version.value = servable.name, servable.version
                 response.model_spec.signature_name = entry.key
@@ -119,19 +126,19 @@ def build_servicers(core) -> tuple[Any, Any]:
                     response.result.regressions.add(value=float(values[row][0]))
                 return response
 
-            return self._timed("regress", request.model_spec.name, run, context)
+            return await self._timed("regress", request.model_spec.name, run(), context)
 
-        def MultiInference(self, request, context):
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by the tfship local engine; use Predict, Classify or Regress")
+        async def MultiInference(self, request, context):
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by the tfship local engine; use Predict, Classify or Regress")
 
     class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-        def GetModelStatus(self, request, context):
+        async def GetModelStatus(self, request, context):
             try:
                 if not request.HasField("model_spec"):
                     raise invalid("Missing ModelSpec")
                 states = core.manager.status(request.model_spec.name, **spec_args(request.model_spec))
             except EngineError as exc:
-                _abort(context, exc)
+                await _abort(context, exc)
             response = get_model_status_pb2.GetModelStatusResponse()
             for state in states:
                 entry = response.model_version_status.add()
@@ -141,10 +148,10 @@ def build_servicers(core) -> tuple[Any, Any]:
                 entry.status.error_message = state.error_message
             return response
 
-        def HandleReloadConfigRequest(self, request, context):
+        async def HandleReloadConfigRequest(self, request, context):
             response = model_management_pb2.ReloadConfigResponse()
             try:
-                core.reload_config(request.config)
+                await asyncio.get_running_loop().run_in_executor(None, core.reload_config, request.config)
             except EngineError as exc:
                 response.status.error_code = exc.code.value[0]
                 response.status.error_message = exc.message

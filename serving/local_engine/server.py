@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,54 +32,56 @@ class TlsOptions:
     client_verify: bool = False
 
 
+def _set_tensorflow_threads(intra: int, inter: int) -> None:
+    """TF Serving's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism.
+
+    For small models one thread each serves more requests: TensorFlow's pool threads spin while
+    waiting and take CPU from the request handling.
+    """
+    import tensorflow as tf
+
+    try:
+        if intra:
+            tf.config.threading.set_intra_op_parallelism_threads(intra)
+        if inter:
+            tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:  # TensorFlow already ran ops in this process; its pools are fixed now
+        log.warning("TensorFlow thread settings not applied: set them before any model is loaded")
+
+
 class LocalEngine:
     def __init__(self, configs: list[ModelConfig], *, host: str = "127.0.0.1", grpc_port: int = 8500,
                  rest_port: int | None = 8501, verifier: Callable[[Path], str | None] | None = None,
                  batching: BatchingOptions | None = None, poll_seconds: float = 1.0, tls: TlsOptions | None = None,
-                 max_workers: int = 64) -> None:
+                 intra_op_threads: int = 0, inter_op_threads: int = 0) -> None:
+        if intra_op_threads or inter_op_threads:
+            _set_tensorflow_threads(intra_op_threads, inter_op_threads)
         self.host = host
         self.core = EngineCore(configs, verifier=verifier, batching=batching, poll_seconds=poll_seconds)
         self._grpc_port_requested = grpc_port
         self._rest_port_requested = rest_port
         self._tls = tls
-        self._max_workers = max_workers
-        self.grpc_server: grpc.Server | None = None
+        self.grpc_server = None  # grpc.aio.Server, living on self._loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
         self.rest: RestServer | None = None
         self.grpc_port = 0
         self.rest_port = 0
         self._stopped = threading.Event()
 
     def start(self) -> "LocalEngine":
-        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
-
         # Like tensorflow_model_server: load the initial models first, open the ports after.
         self.core.start()
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="tfship-grpc"),
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.so_reuseport", 0)],
-        )
-        prediction, model = build_servicers(self.core)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(model, server)
-        address = f"{self.host}:{self._grpc_port_requested}"
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="tfship-grpc-loop", daemon=True)
+        self._loop_thread.start()
+        self.core.loop = self._loop
         try:
-            if self._tls:
-                credentials = grpc.ssl_server_credentials(
-                    [(self._tls.server_key, self._tls.server_cert)], root_certificates=self._tls.custom_ca,
-                    require_client_auth=self._tls.client_verify)
-                self.grpc_port = server.add_secure_port(address, credentials)
-            else:
-                self.grpc_port = server.add_insecure_port(address)
-        except RuntimeError as exc:
+            asyncio.run_coroutine_threadsafe(self._start_grpc(), self._loop).result()
+        except BaseException:
+            self._stop_loop()
             self.core.stop()
-            raise ServingError(f"cannot listen on {address}: {exc}; is another server using the port? (--grpc-port)") from None
-        if not self.grpc_port:
-            self.core.stop()
-            raise ServingError(f"cannot listen on {address}: the port is in use (choose another with --grpc-port)")
-        server.start()
-        self.grpc_server = server
+            raise
         if self._rest_port_requested is not None:
             try:
                 self.rest = RestServer(self.core, self.host, self._rest_port_requested)
@@ -92,6 +94,40 @@ class LocalEngine:
                  f"{self.host}:{self.rest_port}" if self.rest else "off")
         return self
 
+    async def _start_grpc(self) -> None:
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                          ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                                          ("grpc.so_reuseport", 0)])
+        prediction, model = build_servicers(self.core)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(model, server)
+        address = f"{self.host}:{self._grpc_port_requested}"
+        try:
+            if self._tls:
+                credentials = grpc.ssl_server_credentials(
+                    [(self._tls.server_key, self._tls.server_cert)], root_certificates=self._tls.custom_ca,
+                    require_client_auth=self._tls.client_verify)
+                port = server.add_secure_port(address, credentials)
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ServingError(f"cannot listen on {address}: {exc}; is another server using the port? (--grpc-port)") from None
+        if not port:
+            raise ServingError(f"cannot listen on {address}: the port is in use (choose another with --grpc-port)")
+        await server.start()
+        self.grpc_server = server
+        self.grpc_port = port
+
+    def _stop_loop(self) -> None:
+        if self._loop is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._loop_thread:
+                self._loop_thread.join(timeout=10)
+        if self._loop is not None and not self._loop.is_running():
+            self._loop.close()
+
     def stop(self, grace: float = 10.0) -> None:
         """Stop accepting requests, let in-flight ones finish (up to ``grace`` seconds), unload."""
         if self._stopped.is_set():
@@ -99,8 +135,9 @@ class LocalEngine:
         self._stopped.set()
         if self.rest:
             self.rest.stop()
-        if self.grpc_server:
-            self.grpc_server.stop(grace).wait(grace + 1)
+        if self.grpc_server is not None and self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self.grpc_server.stop(grace), self._loop).result(grace + 5)
+        self._stop_loop()
         self.core.stop()
 
     def wait(self) -> None:

@@ -1,0 +1,11 @@
+"""tfship serving: TF Serving configs, the verification gate, the docker launcher and the local engine.
+
+Importing this package is light; tensorflow is imported only by the parts that load models.
+"""
+
+from __future__ import annotations
+
+from serving.config import BatchingOptions, VersionPolicy
+from serving.lifecycle import ServeOptions, down, status, up, write_configs
+
+__all__ = ["BatchingOptions", "ServeOptions", "VersionPolicy", "down", "status", "up", "write_configs"]
