@@ -341,3 +341,12 @@ def test_graceful_stop_lets_in_flight_requests_finish(signed_repo, tmp_path):
     engine.stop(grace=5)
     thread.join()
     assert "error" not in outcome and outcome["result"]["probabilities"].shape == (2, 10)
+
+
+def test_garbage_bytes_get_invalid_argument(served):
+    channel = grpc.insecure_channel(f"127.0.0.1:{served['engine'].grpc_port}")
+    call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict", request_serializer=None, response_deserializer=None)
+    with pytest.raises(grpc.RpcError) as info:
+        call(b"\xff\xff\xff not a protobuf", timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "wire format is corrupt" in info.value.details()
+    channel.close()

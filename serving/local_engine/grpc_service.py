@@ -158,3 +158,65 @@ def build_servicers(core) -> tuple[Any, Any]:
             return response
 
     return PredictionService(), ModelService()
+
+
+class _Unparsable:
+    """What a request that is not a valid protobuf of the method's type decodes to."""
+
+    def __init__(self, type_name: str, error: Exception) -> None:
+        self.type_name = type_name
+        self.error = error
+
+
+def _safe_parser(message_cls):
+    def parse(data: bytes):
+        try:
+            return message_cls.FromString(data)
+        except Exception as exc:  # DecodeError and friends: garbage on the wire
+            return _Unparsable(message_cls.DESCRIPTOR.full_name, exc)
+
+    return parse
+
+
+def _guarded(method):
+    async def handler(request, context):
+        if isinstance(request, _Unparsable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"Could not parse the request as {request.type_name}: the wire format is corrupt")
+        return await method(request, context)
+
+    return handler
+
+
+def generic_handlers(prediction, model) -> tuple:
+    """The two services' method handlers, like the generated add_*_to_server, but a request that does
+    not parse gets INVALID_ARGUMENT instead of gRPC's UNKNOWN and a traceback in the log."""
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        inference_pb2,
+        model_management_pb2,
+        predict_pb2,
+        regression_pb2,
+    )
+
+    def unary(method, request_cls, response_cls):
+        return grpc.unary_unary_rpc_method_handler(_guarded(method), request_deserializer=_safe_parser(request_cls),
+                                                   response_serializer=response_cls.SerializeToString)
+
+    prediction_methods = {
+        "Classify": unary(prediction.Classify, classification_pb2.ClassificationRequest, classification_pb2.ClassificationResponse),
+        "Regress": unary(prediction.Regress, regression_pb2.RegressionRequest, regression_pb2.RegressionResponse),
+        "Predict": unary(prediction.Predict, predict_pb2.PredictRequest, predict_pb2.PredictResponse),
+        "MultiInference": unary(prediction.MultiInference, inference_pb2.MultiInferenceRequest, inference_pb2.MultiInferenceResponse),
+        "GetModelMetadata": unary(prediction.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest,
+                                  get_model_metadata_pb2.GetModelMetadataResponse),
+    }
+    model_methods = {
+        "GetModelStatus": unary(model.GetModelStatus, get_model_status_pb2.GetModelStatusRequest, get_model_status_pb2.GetModelStatusResponse),
+        "HandleReloadConfigRequest": unary(model.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest,
+                                           model_management_pb2.ReloadConfigResponse),
+    }
+    return (grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", prediction_methods),
+            grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", model_methods))

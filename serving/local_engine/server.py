@@ -15,7 +15,7 @@ import grpc
 from client.errors import ServingError
 from serving.config import BatchingOptions
 from serving.local_engine.core import EngineCore
-from serving.local_engine.grpc_service import build_servicers
+from serving.local_engine.grpc_service import build_servicers, generic_handlers
 from serving.local_engine.models import ModelConfig
 from serving.local_engine.rest import RestServer
 
@@ -95,14 +95,10 @@ class LocalEngine:
         return self
 
     async def _start_grpc(self) -> None:
-        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
-
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                           ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                                           ("grpc.so_reuseport", 0)])
-        prediction, model = build_servicers(self.core)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(model, server)
+        server.add_generic_rpc_handlers(generic_handlers(*build_servicers(self.core)))
         address = f"{self.host}:{self._grpc_port_requested}"
         try:
             if self._tls:
