@@ -47,7 +47,8 @@ def convert(savedmodel_dir: Path, out: Path, variant: str = "float32",
         if keras_model is not None and "TensorList" in message:
             # Recurrent layers with a dynamic batch do not lower to builtin ops; a static batch of 1 does.
             data = _convert_static_batch(keras_model, configure)
-            notices.append("recurrent layers: TFLite model built with a static batch of 1 (inputs are fed one sample at a time)")
+            notices.append("recurrent layers: TFLite model built with a static batch of 1 (feed one sample at a time and "
+                           "call reset_all_variables() between samples: the fused LSTM/GRU keeps its state)")
         else:
             raise ExportError(f"TFLite conversion failed: {_first_line(message)}") from None
     out.write_bytes(data)
@@ -104,6 +105,18 @@ def run(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     static_batch = all(int(d["shape_signature"][0]) == 1 for d in details.values() if len(d["shape_signature"]))
     count = len(next(iter(inputs.values())))
     if static_batch and count != 1:
-        parts = [runner(**{k: v[i:i + 1] for k, v in inputs.items()}) for i in range(count)]
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        # Fused recurrent ops keep their state in variable tensors across invocations: reset between
+        # samples. That needs the plain tensor API (a signature runner holds references that block it).
+        outputs = runner.get_output_details()
+        plain = Interpreter(model_path=str(path))
+        plain.allocate_tensors()
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+        for i in range(count):
+            plain.reset_all_variables()
+            for name, detail in details.items():
+                plain.set_tensor(detail["index"], inputs[name][i:i + 1])
+            plain.invoke()
+            for name, detail in outputs.items():
+                parts[name].append(np.array(plain.get_tensor(detail["index"])))
+        return {name: np.concatenate(values) for name, values in parts.items()}
     return {k: np.array(v) for k, v in runner(**inputs).items()}

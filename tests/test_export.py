@@ -287,3 +287,53 @@ def test_mismatch_exits_3_and_writes_nothing(digits_model, tmp_path):
     kept = run_cli("export", digits_model["keras"], "--name", "d", "--repo", repo, "--formats", "savedmodel,tflite",
                    "--tflite-quantize", "float16", "--atol", "tflite:float16=1e-9", "--rtol", "tflite:float16=1e-9", "--allow-mismatch")
     assert kept.exit_code == 0 and (repo / "d" / "1" / "manifest.json").exists()
+
+
+def test_keras2_keras_zip(tmp_path):
+    import tf_keras
+
+    model = tf_keras.Sequential([tf_keras.layers.Dense(3, input_shape=(4,), name="d")])
+    model.save(tmp_path / "k2.keras")
+    result = run_cli("export", tmp_path / "k2.keras", "--name", "k2zip", "--repo", tmp_path / "models", *SM_ONLY)
+    assert result.exit_code == 0, result.stderr
+    golden = np.load(tmp_path / "models" / "k2zip" / "1" / "golden.npz")
+    inputs = next(golden[k] for k in golden.files if k.startswith("inputs/"))
+    outputs = next(golden[k] for k in golden.files if k.startswith("outputs/"))
+    np.testing.assert_allclose(outputs, model.predict(inputs, verbose=0), atol=1e-5)
+
+
+def test_gpu_only_cudnn_lstm_maps_to_lstm(tmp_path):
+    """A Keras 2 file with CuDNNLSTM (GPU-only): exported on CPU as LSTM, same predictions."""
+    import h5py
+    import tf_keras
+    from tf_keras.src.saving.legacy.hdf5_format import _convert_rnn_weights
+
+    model = tf_keras.Sequential([tf_keras.layers.LSTM(4, input_shape=(5, 3), name="rnn"), tf_keras.layers.Dense(2, name="out")])
+    path = tmp_path / "cudnn.h5"
+    model.save(path, save_format="h5")
+    cudnn_weights = _convert_rnn_weights(type("CuDNNLSTM", (), {})(), model.get_layer("rnn").get_weights())
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "LSTM":
+                layer["class_name"] = "CuDNNLSTM"
+                for key in ("activation", "recurrent_activation", "use_bias", "dropout", "recurrent_dropout",
+                            "implementation", "unroll", "time_major", "zero_output_for_mask"):
+                    layer["config"].pop(key, None)
+        f.attrs["model_config"] = json.dumps(config)
+        group = f["model_weights"]["rnn"]
+        names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+        for name, value in zip(names, cudnn_weights):
+            del group[name]
+            group.create_dataset(name, data=value)
+    result = run_cli("export", path, "--name", "rnn", "--repo", tmp_path / "models", "--json")
+    assert result.exit_code == 0, result.stdout
+    data = json.loads(result.stdout)["data"]
+    assert any("CuDNNLSTM (GPU-only) was mapped to LSTM" in n for n in data["notices"])
+    assert {p["artifact"]: p["status"] for p in data["parity"]} == {"savedmodel": "pass", "tflite": "pass", "onnx": "pass"}, data["parity"]
+    golden = np.load(tmp_path / "models" / "rnn" / "1" / "golden.npz")
+    np.testing.assert_allclose(golden["outputs/out"], model.predict(golden["inputs/" + data_input(golden)], verbose=0), atol=1e-5)
+
+
+def data_input(golden) -> str:
+    return next(k.split("/", 1)[1] for k in golden.files if k.startswith("inputs/"))

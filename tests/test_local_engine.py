@@ -350,3 +350,69 @@ def test_garbage_bytes_get_invalid_argument(served):
         call(b"\xff\xff\xff not a protobuf", timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "wire format is corrupt" in info.value.details()
     channel.close()
+
+
+def _tf1_classifier(path):
+    """A SavedModel with TF1-style classify and regress signatures over serialized tf.Examples."""
+    import tensorflow as tf
+
+    with tf.Graph().as_default():
+        examples = tf.compat.v1.placeholder(tf.string, [None], name="tf_example")
+        x = tf.io.parse_example(examples, {"x": tf.io.FixedLenFeature([1], tf.float32)})["x"]
+        scores = tf.concat([x, 1 - x], axis=1)
+        classes = tf.tile(tf.constant([["yes", "no"]]), [tf.shape(x)[0], 1])
+        classify = tf.compat.v1.saved_model.classification_signature_def(examples=examples, classes=classes, scores=scores)
+        regress = tf.compat.v1.saved_model.regression_signature_def(examples=examples, predictions=x * 2)
+        builder = tf.compat.v1.saved_model.Builder(str(path))
+        with tf.compat.v1.Session() as session:
+            builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={"serving_default": classify, "regress": regress})
+        builder.save()
+
+
+def test_classify_and_regress_on_their_signatures(tmp_path):
+    import tensorflow as tf
+    from tensorflow_serving.apis import classification_pb2, regression_pb2
+
+    _tf1_classifier(tmp_path / "models" / "cls" / "1")
+    engine = start_engine(tmp_path / "models", models=["cls"])
+    prediction, _, channel = official_stubs(engine.grpc_port)
+    try:
+        request = classification_pb2.ClassificationRequest()
+        request.model_spec.name = "cls"
+        for value in (0.25, 0.9):
+            example = request.input.example_list.examples.add()
+            example.features.feature["x"].float_list.value.append(value)
+        result = prediction.Classify(request).result
+        assert [[(c.label, round(c.score, 4)) for c in r.classes] for r in result.classifications] == \
+            [[("yes", 0.25), ("no", 0.75)], [("yes", 0.9), ("no", 0.1)]]
+        regression = regression_pb2.RegressionRequest()
+        regression.model_spec.name = "cls"
+        regression.model_spec.signature_name = "regress"
+        regression.input.example_list.examples.add().features.feature["x"].float_list.value.append(1.5)
+        assert [round(r.value, 4) for r in prediction.Regress(regression).result.regressions] == [3.0]
+        del tf
+    finally:
+        channel.close()
+        engine.stop(grace=0)
+
+
+def test_reload_config_adds_a_model(signed_repo, tmp_path):
+    from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2
+
+    repo = copy_repo(signed_repo["repo"], tmp_path / "models")
+    shutil.copytree(repo / "digits", repo / "second")
+    engine = start_engine(repo, models=["digits"])
+    _, model_service, channel = official_stubs(engine.grpc_port)
+    try:
+        request = model_management_pb2.ReloadConfigRequest()
+        for name in ("digits", "second"):
+            config = request.config.model_config_list.config.add(name=name, base_path=str(repo / name), model_platform="tensorflow")
+            config.model_version_policy.latest.num_versions = 1
+        response = model_service.HandleReloadConfigRequest(request)
+        assert response.status.error_code == 0
+        status_request = get_model_status_pb2.GetModelStatusRequest()
+        status_request.model_spec.name = "second"
+        assert [(s.version, s.state) for s in model_service.GetModelStatus(status_request).model_version_status] == [(2, 30)]
+    finally:
+        channel.close()
+        engine.stop(grace=0)

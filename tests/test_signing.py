@@ -124,3 +124,49 @@ def test_serving_needs_a_key_or_allow_unsigned(signed_repo, tmp_path):
     assert result.exit_code == 2 and "--public-key" in result.stderr and "--allow-unsigned" in result.stderr
     unsigned = run_cli("serve", "config", "--repo", repo, "--allow-unsigned")
     assert unsigned.exit_code == 0 and "WITHOUT checking" in unsigned.stderr
+
+
+def test_certificate_chain_signing(signed_repo, tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def certificate(subject_name, key, issuer_name, issuer_key, ca):
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_name)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)])).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if ca:
+            builder = builder.add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        else:
+            builder = builder.add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                                          data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = certificate("tfship test CA", ca_key, "tfship test CA", ca_key, True)
+    leaf = certificate("model signer", leaf_key, "tfship test CA", ca_key, False)
+    pem = lambda c: c.public_bytes(serialization.Encoding.PEM)  # noqa: E731
+    (tmp_path / "ca.pem").write_bytes(pem(ca))
+    (tmp_path / "leaf.pem").write_bytes(pem(leaf))
+    (tmp_path / "leaf.key").write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                               serialization.NoEncryption()))
+    version = shutil.copytree(signed_repo["repo"] / "digits" / "2", tmp_path / "v")
+    (version / "model.sig").unlink()
+    signed = run_cli("sign", version, "--key", tmp_path / "leaf.key", "--certificate", tmp_path / "leaf.pem",
+                     "--certificate-chain", tmp_path / "ca.pem")
+    assert signed.exit_code == 0, signed.stderr
+    assert run_cli("verify", version, "--certificate-chain", tmp_path / "ca.pem").exit_code == 0
+    (version / "golden.npz").write_bytes(b"changed")
+    tampered = run_cli("verify", version, "--certificate-chain", tmp_path / "ca.pem")
+    assert tampered.exit_code == 5 and "changed since signing: golden.npz" in tampered.stderr

@@ -92,28 +92,45 @@ def configs_from_proto(config) -> list[ModelConfig]:
     return result
 
 
-def _signature_entries(loaded: Any) -> dict[str, SignatureEntry]:
-    import tensorflow as tf
+def _stored_signature_defs(path: Path) -> dict[str, Any]:
+    """The SignatureDefs as written in saved_model.pb (method names, tensor names), for metadata."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    try:
+        saved_model = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    except Exception:  # the loader has already accepted the file; fall back to what it exposes
+        return {}
+    for meta_graph in saved_model.meta_graphs:
+        if "serve" in meta_graph.meta_info_def.tags:
+            return dict(meta_graph.signature_def)
+    return dict(saved_model.meta_graphs[0].signature_def) if saved_model.meta_graphs else {}
+
+
+def _signature_entries(loaded: Any, path: Path) -> dict[str, SignatureEntry]:
     from tensorflow.core.protobuf import meta_graph_pb2
 
+    stored = _stored_signature_defs(path)
     entries = {}
     for key, fn in loaded.signatures.items():
         _, kwargs = fn.structured_input_signature
         inputs = {n: InputSpec(n, s.dtype, None if s.shape.rank is None else tuple(s.shape.as_list())) for n, s in kwargs.items()}
         outputs = {n: InputSpec(n, s.dtype, None if s.shape.rank is None else tuple(s.shape.as_list())) for n, s in fn.structured_outputs.items()}
-        proto = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
-        for target, specs in ((proto.inputs, inputs), (proto.outputs, outputs)):
-            for name, spec in specs.items():
-                info = target[name]
-                info.name = f"{key}_{name}:0"
-                info.dtype = spec.dtype.as_datatype_enum
-                if spec.shape is None:
-                    info.tensor_shape.unknown_rank = True
-                else:
-                    for d in spec.shape:
-                        info.tensor_shape.dim.add(size=-1 if d is None else d)
-        entries[key] = SignatureEntry(key, fn, inputs, outputs, proto.method_name, proto)
-    del tf
+        if key in stored:
+            proto = meta_graph_pb2.SignatureDef()
+            proto.CopyFrom(stored[key])
+        else:
+            proto = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+            for target, specs in ((proto.inputs, inputs), (proto.outputs, outputs)):
+                for name, spec in specs.items():
+                    info = target[name]
+                    info.name = f"{key}_{name}:0"
+                    info.dtype = spec.dtype.as_datatype_enum
+                    if spec.shape is None:
+                        info.tensor_shape.unknown_rank = True
+                    else:
+                        for d in spec.shape:
+                            info.tensor_shape.dim.add(size=-1 if d is None else d)
+        entries[key] = SignatureEntry(key, fn, inputs, outputs, proto.method_name or "tensorflow/serving/predict", proto)
     return entries
 
 
@@ -217,7 +234,7 @@ class ModelManager:
                 loaded = tf.saved_model.load(str(path))
             except Exception as exc:
                 raise EngineError(grpc.StatusCode.UNKNOWN, f"loading {path} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-            servable = Servable(config.name, version, path, loaded, _signature_entries(loaded))
+            servable = Servable(config.name, version, path, loaded, _signature_entries(loaded, path))
             warmup_started = time.perf_counter()
             self._warmup(servable)
             warmup_seconds = time.perf_counter() - warmup_started
