@@ -95,7 +95,9 @@ def loadgen(port: int, concurrency: int, duration: float) -> dict:
     import grpc
 
     from client import protos
+    from client.bench import closed_loop
     from client.codec import to_tensor_proto
+    from client.errors import TfshipError
 
     request = protos.PredictRequest()
     request.model_spec.name = "digits"
@@ -104,33 +106,16 @@ def loadgen(port: int, concurrency: int, duration: float) -> dict:
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     call = channel.unary_unary(PREDICT, request_serializer=None, response_deserializer=protos.PredictResponse.FromString)
     call(payload, timeout=30)
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    stop_at = time.perf_counter() + duration
 
-    def worker():
-        local = []
-        while time.perf_counter() < stop_at:
-            began = time.perf_counter()
-            try:
-                call(payload, timeout=30)
-                local.append(time.perf_counter() - began)
-            except grpc.RpcError:
-                errors[0] += 1
-        with lock:
-            latencies.extend(local)
+    def one() -> None:
+        try:
+            call(payload, timeout=30)
+        except grpc.RpcError as exc:
+            raise TfshipError(str(exc.code())) from None
 
-    began = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - began
-    ms = np.asarray(latencies) * 1000
-    return {"requests": len(latencies), "errors": errors[0], "rps": len(latencies) / elapsed,
-            "p50_ms": float(np.percentile(ms, 50)) if len(ms) else 0.0, "p99_ms": float(np.percentile(ms, 99)) if len(ms) else 0.0}
+    result = closed_loop(one, concurrency, duration)
+    return {"requests": result["requests"], "errors": result["errors"], "rps": result["throughput_rps"],
+            "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"]}
 
 
 # --- orchestration --------------------------------------------------------------------------------

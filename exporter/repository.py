@@ -31,14 +31,19 @@ def versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process runs (a zombie counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def clean_stale(model_dir: Path) -> list[Path]:
@@ -48,7 +53,7 @@ def clean_stale(model_dir: Path) -> list[Path]:
     for entry in model_dir.iterdir():
         if entry.name.startswith(TMP_PREFIX):
             parts = entry.name[len(TMP_PREFIX):].split("-")
-            if parts and parts[0].isdigit() and not _pid_alive(int(parts[0])):
+            if parts and parts[0].isdigit() and not pid_alive(int(parts[0])):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry)
     return removed

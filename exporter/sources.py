@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -194,46 +193,54 @@ def _explain_bytecode_error(source: Path, exc: BaseException) -> ExportError | N
     return None
 
 
-def _load_keras_file(source: Path, config: Any, custom_objects: dict, trust_code: bool) -> LoadedModel:
+def _keras3_load(source: Path, custom_objects: dict, trust_code: bool) -> tuple[LoadedModel | None, BaseException | None]:
+    """Keras 3 first: the loaded model, or the error that sends us to tf_keras."""
     keras = _keras3()
     try:
         model = keras.saving.load_model(source, custom_objects=custom_objects, compile=False, safe_mode=not trust_code)
-        return _from_keras_model(model, "keras", source)
+        return _from_keras_model(model, "keras", source), None
     except Exception as exc:
         explained = _explain_bytecode_error(source, exc)
         if explained:
             raise explained from None
-        first_error = exc
+        log.info("Keras 3 cannot read %s (%s); trying tf_keras", source, _short(exc))
+        return None, exc
+
+
+def _tf_keras_failure(source: Path, exc: BaseException, first_error: BaseException | None) -> ExportError:
+    explained = _explain_bytecode_error(source, exc)
+    if explained:
+        return explained
+    said = f"Keras 3 said {_short(first_error)}; " if first_error else ""
+    return ExportError(f"{source}: cannot load the model: {said}tf_keras said {_short(exc)}")
+
+
+TF_KERAS_NOTICE = "read with tf_keras (Keras 2): Keras 3 could not load it"
+
+
+def _load_keras_file(source: Path, config: Any, custom_objects: dict, trust_code: bool) -> LoadedModel:
+    loaded, first_error = _keras3_load(source, custom_objects, trust_code)
+    if loaded is not None:
+        return loaded
     tf_keras = _tf_keras()
     try:
         with tf_keras.utils.custom_object_scope(custom_objects):
             model = tf_keras.models.load_model(source, compile=False, safe_mode=not trust_code)
-        loaded = _from_keras_model(model, "tf_keras", source)
-        loaded.notices.append("read with tf_keras (Keras 2): Keras 3 could not load it")
-        return loaded
     except Exception as exc:
-        explained = _explain_bytecode_error(source, exc)
-        if explained:
-            raise explained from None
-        raise ExportError(f"{source}: cannot load the model: Keras 3 said {_short(first_error)}; tf_keras said {_short(exc)}") from None
+        raise _tf_keras_failure(source, exc, first_error) from None
+    loaded = _from_keras_model(model, "tf_keras", source)
+    loaded.notices.append(TF_KERAS_NOTICE)
+    return loaded
 
 
 def _load_h5(source: Path, config: Any, custom_objects: dict, trust_code: bool) -> LoadedModel:
     notices: list[str] = []
     gpu_layers = safety.gpu_only_layers(config)
+    first_error = None
     if not gpu_layers:
-        keras = _keras3()
-        try:
-            model = keras.saving.load_model(source, custom_objects=custom_objects, compile=False, safe_mode=not trust_code)
-            return _from_keras_model(model, "keras", source)
-        except Exception as exc:
-            explained = _explain_bytecode_error(source, exc)
-            if explained:
-                raise explained from None
-            first_error: BaseException | None = exc
-            log.info("Keras 3 cannot read %s (%s); trying tf_keras", source, _short(exc))
-    else:
-        first_error = None
+        loaded, first_error = _keras3_load(source, custom_objects, trust_code)
+        if loaded is not None:
+            return loaded
     tf_keras = _tf_keras()
     try:
         if gpu_layers:
@@ -248,13 +255,9 @@ def _load_h5(source: Path, config: Any, custom_objects: dict, trust_code: bool) 
             with tf_keras.utils.custom_object_scope(custom_objects):
                 model = tf_keras.models.load_model(str(source), compile=False)
     except Exception as exc:
-        explained = _explain_bytecode_error(source, exc)
-        if explained:
-            raise explained from None
-        said = f"Keras 3 said {_short(first_error)}; " if first_error else ""
-        raise ExportError(f"{source}: cannot load the model: {said}tf_keras said {_short(exc)}") from None
+        raise _tf_keras_failure(source, exc, first_error) from None
     loaded = _from_keras_model(model, "tf_keras", source)
-    loaded.notices = notices + (["read with tf_keras (Keras 2): Keras 3 could not load it"] if first_error else []) + loaded.notices
+    loaded.notices = notices + ([TF_KERAS_NOTICE] if first_error else []) + loaded.notices
     return loaded
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from client.errors import ServerUnavailable, ServingError, UsageError
 from serving import config as cfg
+from exporter.repository import pid_alive
 from serving import docker_engine, gate
 
 log = logging.getLogger(__name__)
@@ -121,20 +122,6 @@ def read_state(repo: Path) -> dict | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child counts as gone
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def _client_target(options: ServeOptions) -> str:
     host = "127.0.0.1" if options.host in ("0.0.0.0", "::", "") else options.host
     return f"{host}:{options.grpc_port}"
@@ -180,7 +167,7 @@ def up(options: ServeOptions, *, detach: bool) -> dict:
 
 def _state_running(state: dict) -> bool:
     if state.get("engine") == "local":
-        return bool(state.get("pid")) and _pid_alive(int(state["pid"]))
+        return bool(state.get("pid")) and pid_alive(int(state["pid"]))
     if state.get("engine") == "docker":
         client = docker_engine.docker_client()
         return bool(client) and docker_engine.DockerLauncher(client).running(state["container"])
@@ -310,12 +297,12 @@ def down(repo: Path, timeout: float = 30.0) -> dict:
     stopped = False
     if state["engine"] == "local":
         pid = int(state["pid"])
-        if _pid_alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGTERM)  # the engine drains in-flight requests, then exits
             deadline = time.monotonic() + timeout
-            while _pid_alive(pid) and time.monotonic() < deadline:
+            while pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if _pid_alive(pid):
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
             stopped = True
         (run_dir(repo) / "local-engine.pid").unlink(missing_ok=True)

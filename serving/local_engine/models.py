@@ -19,6 +19,7 @@ from typing import Any, Callable
 import grpc
 import numpy as np
 
+from exporter.repository import versions as versions_on_disk
 from serving.config import VersionPolicy
 from serving.local_engine.errors import EngineError, invalid, not_found
 
@@ -189,7 +190,7 @@ class ModelManager:
                 self._reconcile_model(config)
 
     def _reconcile_model(self, config: ModelConfig) -> None:
-        on_disk = _numeric_dirs(config.base_path)
+        on_disk = versions_on_disk(config.base_path)
         desired = set(config.policy.select(on_disk))
         with self._lock:
             states = self._states.setdefault(config.name, {})
@@ -320,10 +321,3 @@ class ModelManager:
             if all(st.state in (AVAILABLE, END) for states in snapshot.values() for st in states) or time.monotonic() > deadline:
                 return snapshot
             time.sleep(0.05)
-
-
-def _numeric_dirs(base: Path) -> list[int]:
-    try:
-        return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
-    except FileNotFoundError:
-        return []
