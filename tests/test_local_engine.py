@@ -390,6 +390,15 @@ def test_classify_and_regress_on_their_signatures(tmp_path):
         regression.model_spec.signature_name = "regress"
         regression.input.example_list.examples.add().features.feature["x"].float_list.value.append(1.5)
         assert [round(r.value, 4) for r in prediction.Regress(regression).result.regressions] == [3.0]
+        rest = f"http://127.0.0.1:{engine.rest_port}/v1/models/cls"
+        status, body = _http(f"{rest}:classify", {"examples": [{"x": 0.25}, {"x": 0.9}]})
+        assert status == 200
+        assert [[(label, round(score, 4)) for label, score in r] for r in body["results"]] == \
+            [[("yes", 0.25), ("no", 0.75)], [("yes", 0.9), ("no", 0.1)]]
+        status, body = _http(f"{rest}:regress", {"signature_name": "regress", "examples": [{"x": 1.5}]})
+        assert status == 200 and [round(v, 4) for v in body["results"]] == [3.0]
+        status, body = _http(f"{rest}:regress", {"examples": [{"x": 1.5}]})  # serving_default is a classify signature
+        assert status == 501 and "needs a signature with method tensorflow/serving/regress" in body["error"]
         del tf
     finally:
         channel.close()

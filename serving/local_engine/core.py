@@ -114,6 +114,38 @@ class EngineCore:
         outputs = predict.run_signature(entry, {input_name: array})
         return servable, entry, outputs, len(examples)
 
+    def classify(self, request, version: int | None = None, label: str | None = None):
+        from tensorflow_serving.apis import classification_pb2
+
+        servable, entry, outputs, count = self.run_examples(request, "tensorflow/serving/classify", "Classify", version, label)
+        response = classification_pb2.ClassificationResponse()
+        response.model_spec.name, response.model_spec.version.value = servable.name, servable.version
+        response.model_spec.signature_name = entry.key
+        classes, scores = outputs.get("classes"), outputs.get("scores")
+        width = (classes if classes is not None else scores).shape[-1]
+        for row in range(count):
+            result = response.result.classifications.add()
+            for k in range(width):
+                item = result.classes.add()
+                if classes is not None:
+                    value = classes[row][k]
+                    item.label = value.decode() if isinstance(value, bytes) else str(value)
+                if scores is not None:
+                    item.score = float(scores[row][k])
+        return response
+
+    def regress(self, request, version: int | None = None, label: str | None = None):
+        from tensorflow_serving.apis import regression_pb2
+
+        servable, entry, outputs, count = self.run_examples(request, "tensorflow/serving/regress", "Regress", version, label)
+        response = regression_pb2.RegressionResponse()
+        response.model_spec.name, response.model_spec.version.value = servable.name, servable.version
+        response.model_spec.signature_name = entry.key
+        values = outputs.get("outputs", next(iter(outputs.values()))).reshape(count, -1)
+        for row in range(count):
+            response.result.regressions.add(value=float(values[row][0]))
+        return response
+
     def _warmup_record(self, servable: Servable, record: bytes) -> None:
         from tensorflow_serving.apis import prediction_log_pb2
 

@@ -16,8 +16,6 @@ from google.protobuf import any_pb2
 from client.codec import to_tensor_proto
 from serving.local_engine.errors import EngineError, invalid
 
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
 
 
 async def _abort(context, exc: EngineError):
@@ -26,14 +24,12 @@ async def _abort(context, exc: EngineError):
 
 def build_servicers(core) -> tuple[Any, Any]:
     from tensorflow_serving.apis import (
-        classification_pb2,
         get_model_metadata_pb2,
         get_model_status_pb2,
         model_management_pb2,
         model_service_pb2_grpc,
         predict_pb2,
         prediction_service_pb2_grpc,
-        regression_pb2,
     )
 
     def spec_args(spec) -> dict:
@@ -93,40 +89,14 @@ def build_servicers(core) -> tuple[Any, Any]:
             return await self._timed("GetModelMetadata", request.model_spec.name, run(), context)
 
         async def Classify(self, request, context):
-            async def run():
-                servable, entry, outputs, count = await asyncio.get_running_loop().run_in_executor(
-                    core.model_pool, lambda: core.run_examples(request, CLASSIFY_METHOD, "Classify", **spec_args(request.model_spec)))
-                response = classification_pb2.ClassificationResponse()
-                response.model_spec.name, response.model_spec.version.value = servable.name, servable.version
-                response.model_spec.signature_name = entry.key
-                classes, scores = outputs.get("classes"), outputs.get("scores")
-                for row in range(count):
-                    result = response.result.classifications.add()
-                    width = (classes if classes is not None else scores).shape[-1]
-                    for k in range(width):
-                        item = result.classes.add()
-                        if classes is not None:
-                            value = classes[row][k]
-                            item.label = value.decode() if isinstance(value, bytes) else str(value)
-                        if scores is not None:
-                            item.score = float(scores[row][k])
-                return response
-
-            return await self._timed("classify", request.model_spec.name, run(), context)
+            run = lambda: core.classify(request, **spec_args(request.model_spec))  # noqa: E731
+            return await self._timed("classify", request.model_spec.name,
+                                     asyncio.get_running_loop().run_in_executor(core.model_pool, run), context)
 
         async def Regress(self, request, context):
-            async def run():
-                servable, entry, outputs, count = await asyncio.get_running_loop().run_in_executor(
-                    core.model_pool, lambda: core.run_examples(request, REGRESS_METHOD, "Regress", **spec_args(request.model_spec)))
-                response = regression_pb2.RegressionResponse()
-                response.model_spec.name, response.model_spec.version.value = servable.name, servable.version
-                response.model_spec.signature_name = entry.key
-                values = outputs.get("outputs", next(iter(outputs.values()))).reshape(count, -1)
-                for row in range(count):
-                    response.result.regressions.add(value=float(values[row][0]))
-                return response
-
-            return await self._timed("regress", request.model_spec.name, run(), context)
+            run = lambda: core.regress(request, **spec_args(request.model_spec))  # noqa: E731
+            return await self._timed("regress", request.model_spec.name,
+                                     asyncio.get_running_loop().run_in_executor(core.model_pool, run), context)
 
         async def MultiInference(self, request, context):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by the tfship local engine; use Predict, Classify or Regress")

@@ -92,6 +92,45 @@ def parse_predict_body(body: dict, input_names: list[str]) -> tuple[dict[str, np
     return {input_names[0]: _to_array(inputs)}, False
 
 
+def _feature(value: Any):
+    from tensorflow.core.example import feature_pb2
+
+    values = value if isinstance(value, list) else [value]
+    feature = feature_pb2.Feature()
+    if all(isinstance(v, bool) or isinstance(v, int) for v in values):
+        feature.int64_list.value.extend(int(v) for v in values)
+    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        feature.float_list.value.extend(float(v) for v in values)
+    elif all(isinstance(v, (str, bytes)) for v in values):
+        feature.bytes_list.value.extend(v.encode("utf-8") if isinstance(v, str) else v for v in values)
+    else:
+        raise invalid("example features must be numbers, strings or {\"b64\": ...} values, or lists of one kind")
+    return feature
+
+
+def examples_call(core, verb: str, name: str, version: int | None, label: str | None, body: Any) -> dict:
+    """REST :classify / :regress: {"signature_name", "context", "examples": [{feature: value}]}."""
+    from tensorflow_serving.apis import classification_pb2, regression_pb2
+
+    if not isinstance(body, dict) or not isinstance(body.get("examples"), list) or not body["examples"]:
+        raise invalid("'examples' must be a non-empty list of objects")
+    request = (classification_pb2.ClassificationRequest if verb == "classify" else regression_pb2.RegressionRequest)()
+    request.model_spec.name = name
+    request.model_spec.signature_name = body.get("signature_name", "")
+    context = _decode_b64(body.get("context") or {})
+    for raw in body["examples"]:
+        if not isinstance(raw, dict):
+            raise invalid("each example must be an object of feature: value")
+        example = request.input.example_list.examples.add()
+        for key, value in {**context, **_decode_b64(raw)}.items():
+            example.features.feature[key].CopyFrom(_feature(value))
+    if verb == "classify":
+        response = core.classify(request, version, label)
+        return {"results": [[[c.label, c.score] for c in r.classes] for r in response.result.classifications]}
+    response = core.regress(request, version, label)
+    return {"results": [r.value for r in response.result.regressions]}
+
+
 def make_handler(core):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -159,9 +198,8 @@ def make_handler(core):
             try:
                 match, version, label = self._route()
                 name = match["name"]
-                if match["verb"] != "predict":
-                    raise EngineError(__import__("grpc").StatusCode.UNIMPLEMENTED,
-                                      f"REST {match['verb'] or 'POST'} is not supported by the local engine; use :predict (or gRPC Classify/Regress)")
+                if not match["verb"]:
+                    raise invalid(f"POST {self.path}: expected :predict, :classify or :regress")
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > MAX_BODY:
                     raise invalid("request body too large")
@@ -169,6 +207,11 @@ def make_handler(core):
                     body = json.loads(self.rfile.read(length) or b"null")
                 except (ValueError, UnicodeDecodeError) as exc:
                     raise invalid(f"JSON Parse error: {exc}") from None
+                if match["verb"] in ("classify", "regress"):
+                    result = examples_call(core, match["verb"], name, version, label, body)
+                    core.metrics.request(name, match["verb"], "REST", "OK", (time.perf_counter() - started) * 1e6)
+                    self._send(200, result)
+                    return
                 servable = core.manager.resolve(name, version, label)
                 from serving.local_engine.predict import signature_of
 
