@@ -98,14 +98,27 @@ class ServingClient:
     # -- calls ------------------------------------------------------------------------------------
 
     def _call(self, stub, request, method: str, timeout: float | None):
-        try:
-            return stub(request, timeout=timeout or self.timeout, wait_for_ready=False)
-        except grpc.RpcError as exc:
-            code = exc.code().name if exc.code() is not None else "UNKNOWN"
-            details = exc.details() or ""
-            if code == "UNAVAILABLE":
-                raise ServerUnavailable(f"{self.target} is not reachable ({details or 'connection refused'})") from None
-            raise RpcError(code, details, method=method) from None
+        """One call under one deadline. UNAVAILABLE (server down, restarting, overloaded) is retried
+        with exponential backoff until the deadline; every other status is final."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        backoff = 0.05
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return stub(request, timeout=max(remaining, 0.001), wait_for_ready=False)
+            except grpc.RpcError as exc:
+                code = exc.code().name if exc.code() is not None else "UNKNOWN"
+                details = exc.details() or ""
+                if code == "UNAVAILABLE":
+                    remaining = deadline - time.monotonic()
+                    if remaining > backoff:
+                        time.sleep(backoff)
+                        backoff = min(backoff * 2, 2.0)
+                        continue
+                    raise ServerUnavailable(f"{self.target} is not reachable ({details or 'connection refused'})") from None
+                if code == "DEADLINE_EXCEEDED":
+                    raise ServerUnavailable(f"{self.target} did not answer {method} within {timeout or self.timeout:g}s") from None
+                raise RpcError(code, details, method=method) from None
 
     @staticmethod
     def model_spec(spec, model: str, version: int | None = None, label: str | None = None, signature: str | None = None) -> None:

@@ -282,3 +282,19 @@ def test_real_tf_serving_container_serves_the_golden_set(signed_repo, keys, tmp_
         np.testing.assert_allclose(outputs, data["outputs/probabilities"], atol=1e-5)
     finally:
         run_cli("serve", "down", "--repo", repo)
+
+
+def test_batching_parameters_file(signed_repo, tmp_path):
+    from serving.config_protos import BatchingParameters
+
+    repo = copy_repo(signed_repo["repo"], tmp_path / "models")
+    params = tmp_path / "batching.txt"
+    params.write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 500 }\nnum_batch_threads { value: 1 }\n"
+                      "allowed_batch_sizes: 4\nallowed_batch_sizes: 8\n")
+    result = run_cli("serve", "config", "--repo", repo, "--allow-unsigned", "--batching-parameters-file", params)
+    assert result.exit_code == 0, result.stderr
+    written = text_format.Parse((repo / "batching.config").read_text(), BatchingParameters())
+    assert (written.max_batch_size.value, written.batch_timeout_micros.value, list(written.allowed_batch_sizes)) == (8, 500, [4, 8])
+    params.write_text("max_batch_size { value: 8 }\nallowed_batch_sizes: 4\n")
+    bad = run_cli("serve", "config", "--repo", repo, "--allow-unsigned", "--batching-parameters-file", params)
+    assert bad.exit_code == 2 and "end with max_batch_size" in bad.stderr

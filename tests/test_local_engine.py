@@ -425,3 +425,22 @@ def test_reload_config_adds_a_model(signed_repo, tmp_path):
     finally:
         channel.close()
         engine.stop(grace=0)
+
+
+def test_removed_version_is_unloaded(signed_repo, tmp_path):
+    from client.grpc_client import ServingClient
+
+    repo = copy_repo(signed_repo["repo"], tmp_path / "models")
+    engine = start_engine(repo, models=["digits"])  # policy all: versions 1 and 2
+    try:
+        with ServingClient(f"127.0.0.1:{engine.grpc_port}") as client:
+            images = np.load(repo / "digits" / "1" / "golden.npz")["inputs/image"][:1]
+            assert client.predict_with_version({"image": images}, "digits")[1] == 2
+            shutil.rmtree(repo / "digits" / "2")
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and any(s.version == 2 for s in engine.core.manager.status("digits")):
+                time.sleep(0.1)
+            assert [s.version for s in engine.core.manager.status("digits")] == [1]
+            assert client.predict_with_version({"image": images}, "digits")[1] == 1
+    finally:
+        engine.stop(grace=0)

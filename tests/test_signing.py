@@ -170,3 +170,11 @@ def test_certificate_chain_signing(signed_repo, tmp_path):
     (version / "golden.npz").write_bytes(b"changed")
     tampered = run_cli("verify", version, "--certificate-chain", tmp_path / "ca.pem")
     assert tampered.exit_code == 5 and "changed since signing: golden.npz" in tampered.stderr
+
+
+def test_sign_key_from_the_environment(digits_model, keys, tmp_path):
+    repo = tmp_path / "models"
+    result = run_cli("export", digits_model["keras"], "--name", "d", "--repo", repo, "--formats", "savedmodel",
+                     env={"TFSHIP_SIGN_KEY": str(keys["private"])})
+    assert result.exit_code == 0, result.stderr
+    assert run_cli("verify", repo / "d" / "1", env={"TFSHIP_PUBLIC_KEY": str(keys["public"])}).exit_code == 0
