@@ -102,6 +102,7 @@ class ServingClient:
         with exponential backoff until the deadline; every other status is final."""
         deadline = time.monotonic() + (timeout or self.timeout)
         backoff = 0.05
+        unavailable = ""
         while True:
             remaining = deadline - time.monotonic()
             try:
@@ -110,12 +111,15 @@ class ServingClient:
                 code = exc.code().name if exc.code() is not None else "UNKNOWN"
                 details = exc.details() or ""
                 if code == "UNAVAILABLE":
+                    unavailable = details or "connection refused"
                     remaining = deadline - time.monotonic()
                     if remaining > backoff:
                         time.sleep(backoff)
                         backoff = min(backoff * 2, 2.0)
                         continue
-                    raise ServerUnavailable(f"{self.target} is not reachable ({details or 'connection refused'})") from None
+                    raise ServerUnavailable(f"{self.target} is not reachable ({unavailable})") from None
+                if code == "DEADLINE_EXCEEDED" and unavailable:
+                    raise ServerUnavailable(f"{self.target} is not reachable ({unavailable})") from None
                 if code == "DEADLINE_EXCEEDED":
                     raise ServerUnavailable(f"{self.target} did not answer {method} within {timeout or self.timeout:g}s") from None
                 raise RpcError(code, details, method=method) from None
