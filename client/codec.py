@@ -70,7 +70,6 @@ DTYPE_NAMES = {
     DATA_TYPES["DT_STRING"]: "string", DATA_TYPES["DT_COMPLEX64"]: "complex64",
     DATA_TYPES["DT_COMPLEX128"]: "complex128", DATA_TYPES["DT_BFLOAT16"]: "bfloat16",
 }
-DTYPE_FROM_NAME = {name: dt for dt, name in DTYPE_NAMES.items()}
 
 
 # TensorFlow fills a tensor whose value list is short with its last value (or zeros). A request can

@@ -226,6 +226,5 @@ GetModelStatusResponse = _cls("tensorflow.serving.GetModelStatusResponse")
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 
-DATA_TYPE_NAMES = {number: name for name, number in DATA_TYPES.items()}
 STATE_NAMES = {number: name for name, number in MODEL_VERSION_STATES.items()}
 ERROR_CODE_NAMES = {number: name for name, number in ERROR_CODES.items()}

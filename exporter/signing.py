@@ -112,12 +112,6 @@ def verify(directory: Path, *, public_key: Path | None = None, certificate_chain
     return VerifyResult(directory, True)
 
 
-def require_verified(directory: Path, **kwargs) -> None:
-    result = verify(directory, **kwargs)
-    if not result.ok:
-        raise SignatureError(f"{directory}: signature check failed: {result.reason}")
-
-
 def _readable(exc: BaseException) -> str:
     """A sentence from model_signing's exceptions (whose text may be a list repr of differences)."""
     name = type(exc).__name__

@@ -398,7 +398,7 @@ def _from_keras_model(model: Any, kind: str, source: Path) -> LoadedModel:
             return {name: value for name, value in zip(output_names, result)}
         return {output_names[0]: result}
 
-    tf_specs = [tf.TensorSpec([d for d in s.shape], tf.as_dtype(_tf_dtype(s.dtype)), name=s.name) for s in input_specs]
+    tf_specs = [tf.TensorSpec([d for d in s.shape], tf.as_dtype(s.dtype), name=s.name) for s in input_specs]
     serve = tf.function(lambda *args: call(list(args)), input_signature=tf_specs)
     concrete = serve.get_concrete_function()
     outputs = tuple(
@@ -467,10 +467,6 @@ def _unique(names: list[str]) -> list[str]:
             seen[name] = 0
         result.append(name)
     return result
-
-
-def _tf_dtype(name: str) -> str:
-    return "string" if name == "string" else name
 
 
 def _np_name(tf_dtype: Any) -> str:

@@ -242,10 +242,7 @@ def verify_cmd(directory, public_key, certificate_chain, sigstore_identity, sigs
 
 
 def main() -> None:
-    try:
-        cli.main(prog_name="tfship", standalone_mode=True)
-    except SystemExit:
-        raise
+    cli.main(prog_name="tfship")
 
 
 from tfship import cli_serving, cli_client  # noqa: E402  (register the serving and client commands)

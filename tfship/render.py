@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from rich.console import Console
 from rich.table import Table
@@ -25,10 +25,6 @@ def stdout_console() -> Console:
     return Console(file=sys.stdout, highlight=False, soft_wrap=True)
 
 
-def stderr_console() -> Console:
-    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
-
-
 def table(title: str, columns: list[str], rows: Iterable[Iterable[Any]]) -> Table:
     result = Table(title=title, title_justify="left")
     for column in columns:
@@ -44,4 +40,3 @@ def fmt_float(value: float | None) -> str:
     return f"{value:.3g}"
 
 
-Renderer = Callable[[Console, Any], None]

@@ -75,14 +75,6 @@ class EngineCore:
             outputs = {k: outputs[k] for k in wanted}
         return servable, entry, outputs
 
-    def predict_tensors(self, name: str, signature: str, tensors: dict[str, Any], output_filter: list[str],
-                        version: int | None = None, label: str | None = None):
-        servable, entry, arrays, wanted = self.prepare_tensors(name, signature, tensors, output_filter, version, label)
-        outputs = self._run(servable, entry, arrays)
-        if wanted:
-            outputs = {k: outputs[k] for k in wanted}
-        return servable, entry, outputs
-
     def predict_arrays(self, name: str, signature: str, arrays: dict[str, np.ndarray],
                        version: int | None = None, label: str | None = None):
         servable = self.manager.resolve(name, version, label)

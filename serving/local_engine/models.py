@@ -273,10 +273,6 @@ class ModelManager:
 
     # -- lookups ----------------------------------------------------------------------------------
 
-    def model_names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._configs)
-
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         with self._lock:
             config = self._configs.get(name)
@@ -312,12 +308,3 @@ class ModelManager:
             if not states:
                 raise not_found(f"Could not find any versions of model {name}")
             return [states[v] for v in sorted(states)]
-
-    def wait_until_settled(self, timeout: float) -> dict[str, list[VersionState]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                snapshot = {n: list(s.values()) for n, s in self._states.items()}
-            if all(st.state in (AVAILABLE, END) for states in snapshot.values() for st in states) or time.monotonic() > deadline:
-                return snapshot
-            time.sleep(0.05)
