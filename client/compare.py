@@ -46,10 +46,13 @@ class OutputComparison:
     top1_agreement: float | None
     tolerance: Tolerance
     abs_errors_sample: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    # The largest absolute errors: (index, reference value, actual value, abs error), worst first.
+    worst_cases: tuple[tuple[tuple[int, ...], float, float, float], ...] = ()
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data.pop("abs_errors_sample")
+        data["worst_cases"] = [{"index": list(i), "reference": r, "actual": a, "abs_error": e} for i, r, a, e in self.worst_cases]
         data["tolerance"] = asdict(self.tolerance)
         data["shape"] = list(self.shape)
         data["worst_index"] = list(self.worst_index)
@@ -119,7 +122,11 @@ def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, toleran
     else:
         passed = failed == 0
         reason = "" if passed else f"{failed} of {reference.size} elements beyond {tolerance.describe()}; max abs error {max_abs:.3g}"
-    sample = abs_err.reshape(-1)
+    flat_err = abs_err.reshape(-1)
+    top = np.argsort(flat_err)[::-1][:5]
+    worst_cases = tuple((tuple(int(i) for i in np.unravel_index(int(k), abs_err.shape)), float(ref.reshape(-1)[k]),
+                         float(act.reshape(-1)[k]), float(flat_err[k])) for k in top)
+    sample = flat_err
     if sample.size > 10_000:
         sample = sample[np.linspace(0, sample.size - 1, 10_000).astype(np.int64)]
     return OutputComparison(
@@ -130,7 +137,7 @@ def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, toleran
         worst_index=worst_index, worst_reference=float(ref.reshape(-1)[flat_worst]),
         worst_actual=float(act.reshape(-1)[flat_worst]), failed_elements=failed, total_elements=int(reference.size),
         nan_count=nan_count, inf_count=inf_count, top1_agreement=top1, tolerance=tolerance,
-        abs_errors_sample=tuple(float(x) for x in sample),
+        abs_errors_sample=tuple(float(x) for x in sample), worst_cases=worst_cases,
     )
 
 

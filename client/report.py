@@ -69,6 +69,11 @@ def write_validation_report(directory: Path, report) -> dict[str, Path]:
         parts.append("<h2>Absolute error per output</h2>")
         for o in report.comparison.outputs:
             parts.append(svg_histogram(o.abs_errors_sample, f"{o.name}: |served - original| (log10)", log_x=True))
+        parts.append("<h2>Worst elements</h2>")
+        for o in report.comparison.outputs:
+            parts.append(f"<h3>{html.escape(o.name)}</h3>" + _table(
+                ["index", "original", "served", "abs error"],
+                [[list(i), f"{r:.6g}", f"{a:.6g}", f"{e:.3g}"] for i, r, a, e in o.worst_cases]))
     parts.append("<h2>Latency per request</h2>")
     parts.append(_table(["requests", "p50 ms", "p90 ms", "p99 ms", "mean ms", "max ms"],
                         [[report.latency.count, f"{report.latency.p50_ms:.2f}", f"{report.latency.p90_ms:.2f}",

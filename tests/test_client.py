@@ -167,7 +167,7 @@ def test_validate_passes_on_a_good_deploy_with_report(engine_repo, tmp_path):
     assert envelope["ok"] and envelope["exit_code"] == 0 and envelope["command"] == "validate"
     assert envelope["data"]["served_versions"] == [1] and envelope["data"]["samples"] == 128
     html = (tmp_path / "report" / "report.html").read_text()
-    assert "PASS" in html and "<svg" in html and "probabilities" in html
+    assert "PASS" in html and "<svg" in html and "probabilities" in html and "Worst elements" in html
     assert json.loads((tmp_path / "report" / "report.json").read_text())["passed"] is True
 
 
@@ -176,6 +176,9 @@ def test_validate_catches_a_wrong_model_with_exit_3(engine_repo):
     result = run_cli("validate", "--target", engine_repo["target"], "--model", "digits", "--label", "canary", "--golden", golden)
     assert result.exit_code == 3
     assert "does not predict what the original predicts" in result.stderr and "FAIL" in result.stdout
+    report = run_cli("validate", "--target", engine_repo["target"], "--model", "digits", "--label", "canary", "--golden", golden, "--json")
+    worst = json.loads(report.stdout)["data"]["outputs"][0]["worst_cases"]
+    assert len(worst) == 5 and worst[0]["abs_error"] >= worst[-1]["abs_error"] > 0
 
 
 def test_validate_reports_signature_mismatch_before_predicting(engine_repo, tmp_path):
