@@ -31,6 +31,24 @@ SAFE_FUNCTION_MODULE_PREFIXES = (
 )
 # Keras modules that must never be reached from a config (file access, downloads, deserialization).
 UNSAFE_KERAS_MODULES = ("keras.utils", "keras.src.utils", "keras.saving", "keras.src.saving", "keras.src.legacy.saving")
+# tf_keras TFOpLambda layers name a TensorFlow API function that runs when the model runs; these reach
+# files, Python or the process outside the model.
+UNSAFE_TF_FUNCTIONS = ("io.", "py_func", "py_function", "numpy_function", "raw_ops.", "debugging.", "summary.", "data.",
+                       "saved_model.", "load_op_library", "load_library", "print", "compat.v1.Print", "gfile", "distribute.")
+# TensorFlow ops that touch files or run Python. A SavedModel graph that can reach one of them from its
+# serving signature would do so during tfship's parity run (and on every request once served).
+UNSAFE_OPS = {
+    "WriteFile", "ReadFile", "MatchingFiles", "PyFunc", "PyFuncStateless", "EagerPyFunc", "SaveV2", "Save", "SaveSlices",
+    "RestoreV2", "Restore", "RestoreSlice", "MergeV2Checkpoints", "PrintV2", "ImmutableConst", "WholeFileReader",
+    "WholeFileReaderV2", "TFRecordReader", "TFRecordReaderV2", "TextLineReader", "TextLineReaderV2",
+    "FixedLengthRecordReader", "FixedLengthRecordReaderV2", "TFRecordDataset", "TFRecordDatasetV2", "TextLineDataset",
+    "FixedLengthRecordDataset", "FixedLengthRecordDatasetV2", "SaveDataset", "SaveDatasetV2", "ExperimentalSaveDataset",
+    "SnapshotDataset", "SnapshotDatasetV2", "DatasetToTFRecord", "ExperimentalDatasetToTFRecord", "CreateSummaryFileWriter",
+    "WriteSummary", "WriteScalarSummary", "WriteHistogramSummary", "WriteImageSummary", "WriteAudioSummary",
+    "WriteGraphSummary", "WriteRawProtoSummary", "LoadAndRemapMatrix", "DebugIdentity", "DebugIdentityV2",
+    "DebugIdentityV3", "DebugNanCount", "DebugNumericSummary", "DebugNumericSummaryV2", "GenerateVocabRemapping",
+    "InitializeTableFromTextFile", "InitializeTableFromTextFileV2",
+}
 # GPU-only layers of Keras 2 and the CPU layer that computes the same thing.
 GPU_ONLY_LAYERS = {"CuDNNLSTM": "LSTM", "CuDNNGRU": "GRU"}
 
@@ -124,6 +142,11 @@ def find_code(config: Any, custom_objects: Iterable[str] = ()) -> list[Finding]:
                 elif class_name == "__function__" and not module.startswith(SAFE_FUNCTION_MODULE_PREFIXES) and registered not in provided and node.get("config") not in provided:
                     add(layer, class_name, f"names function '{module}.{node.get('config')}', which is not part of Keras")
         function = node.get("function")
+        op_function = (node.get("config") or {}).get("function") if isinstance(node.get("config"), dict) else None
+        if class_name in ("TFOpLambda", "SlicingOpLambda") and isinstance(op_function, str):
+            name = op_function.removeprefix("tf.")
+            if any(name.startswith(p) or p in name for p in UNSAFE_TF_FUNCTIONS):
+                add(layer, class_name, f"calls tf.{name}, which reaches outside the model")
         if isinstance(function, (list, tuple)) and function and isinstance(function[0], str):
             add(layer, str(class_name or "Lambda"), "stores Python bytecode")
         if isinstance(node.get("function_type"), str) and node.get("function_type") == "lambda":
@@ -164,3 +187,64 @@ def check(path: Path, config: Any, *, trust_code: bool, custom_objects: Iterable
             f"(--architecture module:build_fn) and load only the weights from this file."
         )
     return findings
+
+
+def savedmodel_unsafe_ops(directory: Path, signature_key: str = "serving_default") -> list[str]:
+    """Op types from UNSAFE_OPS reachable from the signature's outputs (the graph and every function it calls).
+
+    The SavedModel's own save/restore functions (SaveV2, RestoreV2) are not reachable from a serving
+    signature, so ordinary models pass.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    try:
+        saved_model = saved_model_pb2.SavedModel.FromString((directory / "saved_model.pb").read_bytes())
+    except Exception as exc:
+        raise ExportError(f"{directory}: saved_model.pb cannot be read ({_short(exc)})") from None
+    found: set[str] = set()
+    for meta_graph in saved_model.meta_graphs:
+        signature = meta_graph.signature_def.get(signature_key)
+        if signature is None:
+            continue
+        nodes = {node.name: node for node in meta_graph.graph_def.node}
+        functions = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+        seen_nodes: set[str] = set()
+        seen_functions: set[str] = set()
+        stack = [info.name.split(":")[0].lstrip("^") for info in signature.outputs.values()]
+
+        def visit_function(name: str) -> None:
+            if name in seen_functions or name not in functions:
+                return
+            seen_functions.add(name)
+            for node in functions[name].node_def:
+                inspect_node(node)
+
+        def inspect_node(node) -> None:
+            if node.op in UNSAFE_OPS:
+                found.add(node.op)
+            if node.op in functions:  # a function called by its name as an op
+                visit_function(node.op)
+            for value in node.attr.values():
+                if value.HasField("func"):
+                    visit_function(value.func.name)
+                for func in value.list.func:
+                    visit_function(func.name)
+
+        while stack:  # walk the main graph backwards from the outputs
+            name = stack.pop()
+            if name in seen_nodes or name not in nodes:
+                continue
+            seen_nodes.add(name)
+            node = nodes[name]
+            inspect_node(node)
+            stack.extend(i.split(":")[0].lstrip("^") for i in node.input)
+    return sorted(found)
+
+
+def check_savedmodel(directory: Path, *, trust_code: bool, signature_key: str = "serving_default") -> None:
+    ops = savedmodel_unsafe_ops(directory, signature_key)
+    if ops and not trust_code:
+        raise UnsafeModelError(
+            f"{directory}: refused: the signature '{signature_key}' runs {', '.join(ops)}, which read or write "
+            f"files or run Python outside the model. If you trust this SavedModel, pass --trust-code."
+        )

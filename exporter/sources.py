@@ -121,6 +121,7 @@ def load_source(
             raise UsageError(f"{source}: --architecture goes with a weights file, not a SavedModel directory")
         if not (source / "saved_model.pb").exists():
             raise ExportError(f"{source}: directory without saved_model.pb; not a SavedModel")
+        safety.check_savedmodel(source, trust_code=trust_code, signature_key=signature_key)
         return _load_savedmodel(source, signature_key)
     if architecture:
         return _load_weights_with_architecture(source, architecture, custom_objects, trust_code)

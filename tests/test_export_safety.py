@@ -195,3 +195,45 @@ def test_shared_cloudml_legacy_savedmodel(tmp_path):
     assert [s["name"] for s in manifest["signature"]["outputs"]] == ["output1", "output2"]
     golden = np.load(tmp_path / "models" / "cloudml" / "1" / "golden.npz")
     np.testing.assert_allclose(golden["outputs/output1"], golden["inputs/input1"] + golden["inputs/input2"], rtol=1e-6)
+
+
+def test_savedmodel_that_writes_files_is_refused(tmp_path):
+    import tensorflow as tf
+
+    marker = tmp_path / "written-by-the-model"
+
+    class Writer(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x):
+            tf.io.write_file(str(marker), tf.strings.as_string(tf.reduce_sum(x)))
+            return {"y": x * 2}
+
+    module = Writer()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
+    repo = tmp_path / "models"
+    result = run_cli("export", tmp_path / "sm", "--name", "w", "--repo", repo, *SM_ONLY)
+    assert result.exit_code == 1
+    assert "WriteFile" in result.stderr and "--trust-code" in result.stderr
+    assert not marker.exists() and _no_version(repo, "w")
+    trusted = run_cli("export", tmp_path / "sm", "--name", "w", "--repo", repo, "--trust-code", *SM_ONLY)
+    assert trusted.exit_code == 0, trusted.stderr
+    assert marker.exists()  # what the refusal prevented
+
+
+def test_tf_op_lambda_reaching_files_is_refused(tmp_path):
+    import tf_keras
+
+    inputs = tf_keras.Input((2,), name="x")
+    outputs = tf_keras.layers.Dense(1)(inputs)
+    model = tf_keras.Model(inputs, outputs)
+    model.save(tmp_path / "ok.h5", save_format="h5")
+    import h5py
+
+    with h5py.File(tmp_path / "ok.h5", "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        config["config"]["layers"].append({"class_name": "TFOpLambda", "name": "tf.io.write_file",
+                                           "config": {"name": "tf.io.write_file", "function": "io.write_file"},
+                                           "inbound_nodes": []})
+        f.attrs["model_config"] = json.dumps(config)
+    result = run_cli("export", tmp_path / "ok.h5", "--name", "t", "--repo", tmp_path / "models")
+    assert result.exit_code == 1 and "tf.io.write_file" in result.stderr and "--trust-code" in result.stderr
