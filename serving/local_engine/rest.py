@@ -11,6 +11,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import grpc
 import numpy as np
 from google.protobuf import json_format
 
@@ -152,23 +153,22 @@ def make_handler(core):
         def _route(self):
             match = _PATH.match(self.path.split("?")[0])
             if not match:
-                raise EngineError(__import__("grpc").StatusCode.NOT_FOUND, f"Malformed request: {self.command} {self.path}")
+                raise EngineError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {self.command} {self.path}")
             version = int(match["version"]) if match["version"] else None
             return match, version, match["label"]
 
-        def do_GET(self) -> None:
+        def _answer(self, handle) -> None:
             try:
-                self._get()
+                handle()
             except Exception as exc:  # never drop the connection without an answer
-                log.exception("REST GET %s failed", self.path)
+                log.exception("REST %s %s failed", self.command, self.path)
                 self._send(500, {"error": f"internal error: {type(exc).__name__}"})
 
+        def do_GET(self) -> None:
+            self._answer(self._get)
+
         def do_POST(self) -> None:
-            try:
-                self._post()
-            except Exception as exc:  # never drop the connection without an answer
-                log.exception("REST POST %s failed", self.path)
-                self._send(500, {"error": f"internal error: {type(exc).__name__}"})
+            self._answer(self._post)
 
         def _get(self) -> None:
             if self.path.split("?")[0] == PROMETHEUS_PATH:
