@@ -26,6 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from _common import free_port  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 
 def timeit(fn, min_seconds: float = 0.3, min_runs: int = 5) -> float:
     """Best time of several runs after one warm-up (first touches of fresh memory distort big arrays)."""
@@ -71,7 +73,6 @@ def bench_import() -> tuple[float, float]:
 
 
 def bench_validate(samples: int) -> tuple[float, float]:
-    import keras
     import tensorflow as tf
 
     from client.compare import Tolerance
@@ -104,7 +105,7 @@ def bench_validate(samples: int) -> tuple[float, float]:
         in_process()
         local = time.perf_counter() - began
         # The engine in its own process, as a deployment is: the client does not share its GIL.
-        port = _free_port()
+        port = free_port()
         engine = subprocess.Popen([sys.executable, "-m", "tfship", "-q", "serve", "up", "--repo", str(Path(tmp) / "models"),
                                    "--engine", "local", "--allow-unsigned", "--grpc-port", str(port), "--rest-port", "0",
                                    "--tensorflow-intra-op-parallelism", "1", "--tensorflow-inter-op-parallelism", "1"],
@@ -122,16 +123,7 @@ def bench_validate(samples: int) -> tuple[float, float]:
         finally:
             engine.terminate()
             engine.wait(30)
-        del keras
     return local, remote
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:

@@ -30,6 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
+from _common import free_port  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from client import protos  # noqa: E402
 from client.codec import to_tensor_proto  # noqa: E402
 
@@ -105,14 +107,6 @@ def wait_ready(channel: grpc.Channel, timeout: float = 120) -> None:
         except grpc.RpcError:
             time.sleep(0.2)
     raise RuntimeError("the engine did not come up")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:

@@ -32,6 +32,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from _common import free_port  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 
 
@@ -127,14 +129,6 @@ def start_server(args: list[str]) -> subprocess.Popen:
         process.kill()
         raise RuntimeError(f"server {args} did not start")
     return process
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_loadgen(port: int, concurrency: int, duration: float) -> dict:
