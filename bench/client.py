@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/client.py [--samples 10000]
 
-1. codec: client.codec encode/decode against tf.make_tensor_proto / tf.make_ndarray, 1 KB to 64 MB
+1. codec: tfship.core.codec encode/decode against tf.make_tensor_proto / tf.make_ndarray, 1 KB to 64 MB
    (target: no slower at any size);
-2. import time: `import client` against `import tensorflow`, each in a fresh interpreter (target >= 10x);
+2. import time: `import tfship.client` against `import tensorflow`, each in a fresh interpreter (target >= 10x);
 3. validating --samples golden samples of the example model over gRPC (the local engine in its own
    process on loopback, one TensorFlow thread per op) against
    running the same samples through the in-process SavedModel (target >= 50% of the in-process rate).
@@ -44,8 +44,8 @@ def timeit(fn, min_seconds: float = 0.3, min_runs: int = 5) -> float:
 def bench_codec() -> list[tuple]:
     import tensorflow as tf
 
-    from client import protos
-    from client.codec import to_ndarray, to_tensor_proto
+    from tfship.core import protos
+    from tfship.core.codec import to_ndarray, to_tensor_proto
 
     rows = []
     for size in (1 << 10, 1 << 16, 1 << 20, 16 << 20, 64 << 20):
@@ -69,16 +69,16 @@ def bench_import() -> tuple[float, float]:
             times.append(float(out.stdout.strip().splitlines()[-1]))
         return min(times)
 
-    return cold("import client, client.grpc_client, client.validate"), cold("import tensorflow")
+    return cold("import tfship.client, client.grpc_client, client.validate"), cold("import tensorflow")
 
 
 def bench_validate(samples: int) -> tuple[float, float]:
     import tensorflow as tf
 
-    from client.compare import Tolerance
-    from client.grpc_client import ServingClient
-    from client.validate import validate
-    from exporter import ExportOptions, export
+    from tfship.core.tolerance import Tolerance
+    from tfship.client.grpc_client import ServingClient
+    from tfship.client.validate import validate
+    from tfship.exporter import ExportOptions, export
 
     sys.path.insert(0, str(ROOT / "examples"))
     from train_digits import build_model

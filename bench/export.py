@@ -91,7 +91,7 @@ def raw_pipeline(source: Path, out: Path, inputs: dict[str, np.ndarray]) -> dict
 
 
 def tfship_pipeline(source: Path, repo: Path, samples: Path) -> tuple[dict[str, float], float]:
-    from exporter import ExportOptions, export
+    from tfship.exporter import ExportOptions, export
 
     began = time.perf_counter()
     result = export(ExportOptions(source=source, name="m", repo=repo, samples=samples), progress=lambda m: None)

@@ -32,8 +32,8 @@ import numpy as np  # noqa: E402
 
 from _common import free_port  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-from client import protos  # noqa: E402
-from client.codec import to_tensor_proto  # noqa: E402
+from tfship.core import protos  # noqa: E402
+from tfship.core.codec import to_tensor_proto  # noqa: E402
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 ACCEPTABLE = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "UNIMPLEMENTED"}
@@ -116,7 +116,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
 
-    from exporter import ExportOptions, export
+    from tfship.exporter import ExportOptions, export
 
     sys.path.insert(0, str(ROOT / "examples"))
     from train_digits import build_model

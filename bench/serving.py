@@ -58,8 +58,8 @@ def serve_naive(port: int, model_path: str) -> None:
     import grpc
     import keras
 
-    from client import protos
-    from client.codec import to_ndarray, to_tensor_proto
+    from tfship.core import protos
+    from tfship.core.codec import to_ndarray, to_tensor_proto
 
     model = keras.saving.load_model(model_path)
 
@@ -80,8 +80,8 @@ def serve_naive(port: int, model_path: str) -> None:
 
 
 def serve_engine(port: int, repo: str, batching: bool) -> None:
-    from serving.config import BatchingOptions
-    from serving.local_engine import LocalEngine, ModelConfig
+    from tfship.serving.config import BatchingOptions
+    from tfship.serving.local_engine import LocalEngine, ModelConfig
 
     options = BatchingOptions(max_batch_size=64, batch_timeout_micros=int(os.environ.get("TFSHIP_BENCH_TIMEOUT_US", "1000")),
                               num_batch_threads=int(os.environ.get("TFSHIP_BENCH_BATCH_THREADS", "1"))) if batching else None
@@ -96,10 +96,10 @@ def serve_engine(port: int, repo: str, batching: bool) -> None:
 def loadgen(port: int, concurrency: int, duration: float) -> dict:
     import grpc
 
-    from client import protos
-    from client.bench import closed_loop
-    from client.codec import to_tensor_proto
-    from client.errors import TfshipError
+    from tfship.core import protos
+    from tfship.client.bench import closed_loop
+    from tfship.core.codec import to_tensor_proto
+    from tfship.core.errors import TfshipError
 
     request = protos.PredictRequest()
     request.model_spec.name = "digits"
@@ -183,7 +183,7 @@ def main() -> int:
         return 0
 
     levels = [int(v) for v in args.concurrency.split(",")]
-    from exporter import ExportOptions, export
+    from tfship.exporter import ExportOptions, export
 
     sys.path.insert(0, str(ROOT / "examples"))
     from train_digits import build_model

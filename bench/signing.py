@@ -53,7 +53,7 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    from exporter.signing import generate_keys, sign, verify
+    from tfship.core.signing import generate_keys, sign, verify
 
     with tempfile.TemporaryDirectory(prefix="tfship-bench-") as tmp:
         root = Path(tmp)

@@ -2,35 +2,7 @@
 
 from __future__ import annotations
 
-from client.codec import to_ndarray, to_tensor_proto
-from client.compare import Comparison, OutputComparison, Tolerance, compare_outputs
-from client.errors import (
-    ExportError,
-    PredictionMismatch,
-    RpcError,
-    ServerUnavailable,
-    ServingError,
-    SignatureError,
-    TfshipError,
-    UsageError,
-)
-from client.signature import Signature, TensorSpec
+from tfship.client.compare import Comparison, OutputComparison, compare_outputs
+from tfship.client.grpc_client import ServingClient
 
-__all__ = [
-    "Comparison",
-    "ExportError",
-    "OutputComparison",
-    "PredictionMismatch",
-    "RpcError",
-    "ServerUnavailable",
-    "ServingError",
-    "Signature",
-    "SignatureError",
-    "TensorSpec",
-    "TfshipError",
-    "Tolerance",
-    "UsageError",
-    "compare_outputs",
-    "to_ndarray",
-    "to_tensor_proto",
-]
+__all__ = ["Comparison", "OutputComparison", "ServingClient", "compare_outputs"]

@@ -14,8 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from client.errors import TfshipError
-from client.grpc_client import ServingClient
+from tfship.core.errors import TfshipError
+from tfship.client.grpc_client import ServingClient
 
 
 def _stats(latencies: list[float]) -> dict:

@@ -13,17 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Tolerance:
-    atol: float
-    rtol: float
-    # When set, the output is judged by top-1 agreement (and max abs error <= atol), not elementwise.
-    min_top1: float | None = None
-
-    def describe(self) -> str:
-        text = f"atol={self.atol:g} rtol={self.rtol:g}"
-        return text + (f" top1>={self.min_top1:g}" if self.min_top1 is not None else "")
+from tfship.core.tolerance import Tolerance
 
 
 @dataclass(frozen=True)

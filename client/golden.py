@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from client.errors import TfshipError, UsageError
-from client.signature import Signature, TensorSpec
+from tfship.core.errors import TfshipError, UsageError
+from tfship.core.signature import Signature, TensorSpec
 
 
 @dataclass(frozen=True)

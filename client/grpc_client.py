@@ -15,10 +15,10 @@ from typing import Any, Mapping
 import grpc
 import numpy as np
 
-from client import protos
-from client.codec import dtype_name, to_ndarray, to_tensor_proto
-from client.errors import RpcError, ServerUnavailable, UsageError
-from client.signature import Signature, TensorSpec
+from tfship.core import protos
+from tfship.core.codec import dtype_name, to_ndarray, to_tensor_proto
+from tfship.core.errors import RpcError, ServerUnavailable, UsageError
+from tfship.core.signature import Signature, TensorSpec
 
 MAX_MESSAGE_BYTES = 1 << 30  # TF Serving accepts about 2 GiB; 1 GiB keeps clear of int overflow
 DEFAULT_TIMEOUT = 30.0

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from client.compare import Comparison, Tolerance, compare_outputs
-from client.errors import PredictionMismatch, TfshipError
-from client.grpc_client import ServingClient
-from client.signature import Signature
+from tfship.client.compare import Comparison, compare_outputs
+from tfship.core.tolerance import Tolerance
+from tfship.core.errors import PredictionMismatch, TfshipError
+from tfship.client.grpc_client import ServingClient
+from tfship.core.signature import Signature
 
 
 @dataclass(frozen=True)

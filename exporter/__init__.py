@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from exporter.pipeline import ExportOptions, ExportResult, export
+from tfship.exporter.pipeline import ExportOptions, ExportResult, export
 
 __all__ = ["ExportOptions", "ExportResult", "export"]

@@ -8,11 +8,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.signature import Signature
+from tfship.core.signature import Signature
 
 MANIFEST = "manifest.json"
 GOLDEN = "golden.npz"
-SIGNATURE_FILE = "model.sig"
 WARMUP = "assets.extra/tf_serving_warmup_requests"
 SCHEMA = 1
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client.errors import ExportError
+from tfship.core.errors import ExportError
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,14 @@ from typing import Callable
 
 import numpy as np
 
-from client.compare import Comparison, Tolerance, compare_outputs
-from client.errors import ExportError, PredictionMismatch, TfshipError, UsageError
-from exporter import manifest as mf
-from exporter import onnx as onnx_export
-from exporter import repository, signing, sources, tflite, warmup
-from exporter import samples as sample_inputs
+from tfship.client.compare import Comparison, compare_outputs
+from tfship.core.tolerance import Tolerance
+from tfship.core.errors import ExportError, PredictionMismatch, TfshipError, UsageError
+from tfship.exporter import manifest as mf
+from tfship.exporter import onnx as onnx_export
+from tfship.core import signing
+from tfship.exporter import repository, sources, tflite, warmup
+from tfship.exporter import samples as sample_inputs
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ class ExportResult:
     def to_dict(self) -> dict:
         return {
             "name": self.name, "version": self.version, "directory": str(self.directory),
-            "signed": (self.directory / mf.SIGNATURE_FILE).exists(),
+            "signed": (self.directory / signing.SIGNATURE_FILE).exists(),
             "artifacts": [{"format": a.format, "variant": a.variant, "path": a.path, "bytes": a.bytes} for a in self.manifest.artifacts],
             "parity": [{"artifact": p.label, "status": p.status, "error": p.error,
                         "max_abs": max((o["max_abs"] for o in p.outputs), default=None),

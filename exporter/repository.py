@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from client.errors import ExportError, UsageError
+from tfship.core.errors import ExportError, UsageError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TMP_PREFIX = ".tfship-tmp-"

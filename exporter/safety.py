@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from client.errors import ExportError, UnsafeModelError
+from tfship.core.errors import ExportError, UnsafeModelError
 
 # Layers whose configuration carries or fetches code.
 CODE_LAYERS = {

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from client.errors import ExportError
-from client.signature import Signature
+from tfship.core.errors import ExportError
+from tfship.core.signature import Signature
 
 DEFAULT_COUNT = 32
 UNKNOWN_DIM = 8

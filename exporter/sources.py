@@ -23,9 +23,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from client.errors import ExportError, UnsafeModelError, UsageError
-from client.signature import Signature, TensorSpec
-from exporter import safety
+from tfship.core.errors import ExportError, UnsafeModelError, UsageError
+from tfship.core.signature import Signature, TensorSpec
+from tfship.exporter import safety
 
 log = logging.getLogger(__name__)
 

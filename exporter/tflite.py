@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from client.errors import ExportError
+from tfship.core.errors import ExportError
 
 log = logging.getLogger(__name__)
 

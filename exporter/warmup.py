@@ -15,7 +15,7 @@ def write(path: Path, model_name: str, inputs: dict[str, np.ndarray], records: i
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-    from client.codec import to_tensor_proto
+    from tfship.core.codec import to_tensor_proto
 
     count = min(records, MAX_RECORDS, len(next(iter(inputs.values()))))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ Importing this package is light; tensorflow is imported only by the parts that l
 
 from __future__ import annotations
 
-from serving.config import BatchingOptions, VersionPolicy
-from serving.lifecycle import ServeOptions, down, status, up, write_configs
+from tfship.serving.config import BatchingOptions, VersionPolicy
+from tfship.serving.lifecycle import ServeOptions, down, status, up, write_configs
 
 __all__ = ["BatchingOptions", "ServeOptions", "VersionPolicy", "down", "status", "up", "write_configs"]

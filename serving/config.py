@@ -14,8 +14,8 @@ from typing import Iterable
 
 from google.protobuf import text_format
 
-from client.errors import ServingError, UsageError
-from exporter.repository import versions as repo_versions
+from tfship.core.errors import ServingError, UsageError
+from tfship.exporter.repository import versions as repo_versions
 
 LABEL_PATTERN = re.compile(r"^[a-zA-Z0-9_]+$")
 CONTAINER_ROOT = "/models"
@@ -179,7 +179,7 @@ class BatchingOptions:
         return self
 
     def to_proto(self):
-        from serving.config_protos import BatchingParameters
+        from tfship.serving.config_protos import BatchingParameters
 
         proto = BatchingParameters()
         proto.max_batch_size.value = self.max_batch_size
@@ -192,7 +192,7 @@ class BatchingOptions:
 
     @classmethod
     def from_file(cls, path: Path) -> "BatchingOptions":
-        from serving.config_protos import BatchingParameters
+        from tfship.serving.config_protos import BatchingParameters
 
         try:
             proto = text_format.Parse(Path(path).read_text(encoding="utf-8"), BatchingParameters())
@@ -207,7 +207,7 @@ class BatchingOptions:
 
 
 def monitoring_config():
-    from serving.config_protos import MonitoringConfig
+    from tfship.serving.config_protos import MonitoringConfig
 
     proto = MonitoringConfig()
     proto.prometheus_config.enable = True
@@ -216,7 +216,7 @@ def monitoring_config():
 
 
 def ssl_config(server_key: Path, server_cert: Path, custom_ca: Path | None = None, client_verify: bool = False):
-    from serving.config_protos import SSLConfig
+    from tfship.serving.config_protos import SSLConfig
 
     proto = SSLConfig()
     proto.server_key = Path(server_key).read_text(encoding="utf-8")
@@ -228,7 +228,7 @@ def ssl_config(server_key: Path, server_cert: Path, custom_ca: Path | None = Non
 
 
 def read_ssl_config(path: Path):
-    from serving.config_protos import SSLConfig
+    from tfship.serving.config_protos import SSLConfig
 
     try:
         return text_format.Parse(Path(path).read_text(encoding="utf-8"), SSLConfig())

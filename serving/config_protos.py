@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
 
-from client.protos import add_field
+from tfship.core.protos import add_field
 
 _fp = descriptor_pb2.FileDescriptorProto(name="tfship/serving_config.proto", package="tensorflow.serving", syntax="proto3")
 _fp.dependency.append("google/protobuf/wrappers.proto")

@@ -6,8 +6,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.errors import SignatureError, UsageError
-from serving.config import scan
+from tfship.core.errors import SignatureError, UsageError
+from tfship.serving.config import scan
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ class VersionCheck:
 
 
 def check_repository(repo: Path, public_key: Path | None) -> list[VersionCheck]:
-    from exporter.signing import verify
+    from tfship.core.signing import verify
 
     results = []
     for name, versions in scan(repo).items():
@@ -57,7 +57,7 @@ def verifier_for(public_key: Path | None):
     """A load-time check for the local engine: returns the reason a version fails, or None."""
     if public_key is None:
         return None
-    from exporter.signing import verify
+    from tfship.core.signing import verify
 
     def check(path: Path) -> str | None:
         result = verify(path, public_key=public_key)

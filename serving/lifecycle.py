@@ -12,10 +12,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from client.errors import ServerUnavailable, ServingError, UsageError
-from serving import config as cfg
-from exporter.repository import pid_alive
-from serving import docker_engine, gate
+from tfship.core.errors import ServerUnavailable, ServingError, UsageError
+from tfship.serving import config as cfg
+from tfship.exporter.repository import pid_alive
+from tfship.serving import docker_engine, gate
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def _client_target(options: ServeOptions) -> str:
 
 def wait_ready(target: str, models: list[str], timeout: float, alive=lambda: True, tls_root: bytes | None = None) -> dict:
     """GetModelStatus until every model is AVAILABLE; raises ServerUnavailable with the reason otherwise."""
-    from client.grpc_client import ServingClient
+    from tfship.client.grpc_client import ServingClient
 
     deadline = time.monotonic() + timeout
     statuses = {}
@@ -250,8 +250,8 @@ def _up_local_foreground(options: ServeOptions, generated: GeneratedConfig) -> d
 def build_local_engine(config_file: Path, *, host: str, grpc_port: int, rest_port: int | None, public_key: Path | None,
                        batching_file: Path | None = None, ssl_config_file: Path | None = None, poll_seconds: float = 1.0,
                        intra_op_threads: int = 0, inter_op_threads: int = 0):
-    from serving.local_engine import LocalEngine, TlsOptions
-    from serving.local_engine.models import configs_from_proto
+    from tfship.serving.local_engine import LocalEngine, TlsOptions
+    from tfship.serving.local_engine.models import configs_from_proto
 
     configs = configs_from_proto(cfg.read_model_server_config(config_file))
     batching = cfg.BatchingOptions.from_file(batching_file) if batching_file else None
@@ -316,8 +316,8 @@ def down(repo: Path, timeout: float = 30.0) -> dict:
 
 
 def status(repo: Path) -> dict:
-    from client.errors import TfshipError
-    from client.grpc_client import ServingClient
+    from tfship.core.errors import TfshipError
+    from tfship.client.grpc_client import ServingClient
 
     state = read_state(repo)
     if not state:

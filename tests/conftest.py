@@ -93,7 +93,7 @@ def digits_model(digits_data, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory):
-    from exporter.signing import generate_keys
+    from tfship.core.signing import generate_keys
 
     folder = tmp_path_factory.mktemp("keys")
     private, public = generate_keys(folder / "a")
@@ -104,7 +104,7 @@ def keys(tmp_path_factory):
 @pytest.fixture(scope="session")
 def signed_repo(digits_model, keys, tmp_path_factory):
     """A repository with the digits model exported (all formats) and signed: versions 1 and 2."""
-    from exporter import ExportOptions, export
+    from tfship.exporter import ExportOptions, export
 
     repo = tmp_path_factory.mktemp("repo") / "models"
     first = export(ExportOptions(source=digits_model["h5"], name="digits", repo=repo, samples=digits_model["samples"],
@@ -123,7 +123,7 @@ def pytest_collection_modifyitems(config, items):
     docker_items = [item for item in items if item.get_closest_marker("docker")]
     if not docker_items:
         return
-    from serving.docker_engine import engine_problem
+    from tfship.serving.docker_engine import engine_problem
 
     problem = engine_problem()
     if problem:

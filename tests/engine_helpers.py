@@ -10,9 +10,9 @@ import grpc
 
 def start_engine(repo: Path, *, public_key: Path | None = None, policy=None, labels=None, batching=None,
                  tls=None, poll_seconds: float = 0.2, models: list[str] | None = None):
-    from serving.config import VersionPolicy
-    from serving.gate import verifier_for
-    from serving.local_engine import LocalEngine, ModelConfig
+    from tfship.serving.config import VersionPolicy
+    from tfship.serving.gate import verifier_for
+    from tfship.serving.local_engine import LocalEngine, ModelConfig
 
     names = models or sorted(p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
     configs = [ModelConfig(n, repo / n, policy or VersionPolicy("all"), dict(labels or {}) if n == names[0] else {}) for n in names]

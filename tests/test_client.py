@@ -33,7 +33,7 @@ MESSAGES = ["tensorflow.TensorShapeProto", "tensorflow.TensorProto", "tensorflow
 
 @pytest.mark.parametrize("full_name", MESSAGES)
 def test_our_messages_match_the_official_fields(full_name):
-    from client.protos import POOL
+    from tfship.core.protos import POOL
 
     ours = POOL.FindMessageTypeByName(full_name)
     theirs = _official(full_name)
@@ -51,8 +51,8 @@ def test_messages_round_trip_with_tensorflow_serving_api():
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    from client import protos
-    from client.codec import to_ndarray, to_tensor_proto
+    from tfship.core import protos
+    from tfship.core.codec import to_ndarray, to_tensor_proto
 
     ours = protos.PredictRequest()
     ours.model_spec.name = "m"
@@ -75,8 +75,8 @@ DTYPES = [np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.in
 def test_codec_agrees_with_tensorflow_both_ways(dtype):
     import tensorflow as tf
 
-    from client import protos
-    from client.codec import to_ndarray, to_tensor_proto
+    from tfship.core import protos
+    from tfship.core.codec import to_ndarray, to_tensor_proto
 
     rng = np.random.default_rng(1)
     if dtype == "string":
@@ -105,8 +105,8 @@ def test_codec_agrees_with_tensorflow_both_ways(dtype):
 
 
 def test_codec_pads_short_value_lists_like_tensorflow():
-    from client import protos
-    from client.codec import to_ndarray
+    from tfship.core import protos
+    from tfship.core.codec import to_ndarray
 
     tensor = protos.TensorProto(dtype=1)
     tensor.tensor_shape.dim.add(size=2)
@@ -126,7 +126,7 @@ from tfship.cli import cli
 result = CliRunner().invoke(cli, ["validate", "--target", "127.0.0.1:{engine.grpc_port}", "--model", "digits",
                                   "--golden", r"{repo / 'digits' / '1' / 'golden.npz'}", "--version", "1"])
 assert result.exit_code == 0, result.output
-import client
+import tfship.client
 assert "tensorflow" not in sys.modules, sorted(m for m in sys.modules if m.startswith("tensorflow"))
 print("ok")
 """
@@ -143,7 +143,7 @@ print("ok")
 def engine_repo(signed_repo, keys, tmp_path_factory, digits_model):
     import keras
 
-    from exporter import ExportOptions, export
+    from tfship.exporter import ExportOptions, export
 
     repo = copy_repo(signed_repo["repo"], tmp_path_factory.mktemp("client") / "models")
     # Another model under the name "other": same signature, different weights (a wrong deploy).
@@ -198,8 +198,8 @@ def test_validate_reports_signature_mismatch_before_predicting(engine_repo, tmp_
 
 
 def test_an_unreachable_server_fails_at_the_deadline(engine_repo):
-    from client.errors import ServerUnavailable
-    from client.grpc_client import ServingClient
+    from tfship.core.errors import ServerUnavailable
+    from tfship.client.grpc_client import ServingClient
 
     began = time.monotonic()
     with ServingClient(f"127.0.0.1:{free_port()}", timeout=1.5) as client:
@@ -243,8 +243,8 @@ def test_bench_closed_and_open_loop(engine_repo, tmp_path):
 
 
 def test_retries_survive_a_server_restart(signed_repo, tmp_path):
-    from client.grpc_client import ServingClient
-    from serving.local_engine import LocalEngine, ModelConfig
+    from tfship.client.grpc_client import ServingClient
+    from tfship.serving.local_engine import LocalEngine, ModelConfig
 
     repo = copy_repo(signed_repo["repo"], tmp_path / "models")
     port = free_port()
@@ -274,8 +274,8 @@ def test_retries_survive_a_server_restart(signed_repo, tmp_path):
 
 
 def test_client_tls_and_mtls(signed_repo, tmp_path):
-    from client.grpc_client import ServingClient
-    from serving.local_engine import TlsOptions
+    from tfship.client.grpc_client import ServingClient
+    from tfship.serving.local_engine import TlsOptions
 
     key, cert = self_signed(tmp_path / "server")
     client_key, client_cert = self_signed(tmp_path / "client", name="client")

@@ -26,7 +26,7 @@ DOCKER = ROOT / "docker"
 def test_generated_configs_parse_with_the_real_schemas(signed_repo, keys, tmp_path):
     from tensorflow_serving.config import model_server_config_pb2
 
-    from serving.config_protos import BatchingParameters, MonitoringConfig, SSLConfig
+    from tfship.serving.config_protos import BatchingParameters, MonitoringConfig, SSLConfig
 
     repo = copy_repo(signed_repo["repo"], tmp_path / "models")
     key, cert = self_signed(tmp_path / "tls")
@@ -52,7 +52,7 @@ def test_generated_configs_parse_with_the_real_schemas(signed_repo, keys, tmp_pa
 
 @pytest.mark.parametrize("policy, expected", [("latest:1", ("latest", [2])), ("specific:1", ("specific", [1]))])
 def test_version_policies(policy, expected, signed_repo, tmp_path):
-    from serving.config import read_model_server_config
+    from tfship.serving.config import read_model_server_config
 
     repo = copy_repo(signed_repo["repo"], tmp_path / "models")
     assert run_cli("serve", "config", "--repo", repo, "--allow-unsigned", "--versions", policy).exit_code == 0
@@ -138,14 +138,14 @@ class FakeDocker:
 
 
 def _use_fake(monkeypatch, fake):
-    from serving import docker_engine
+    from tfship.serving import docker_engine
 
     monkeypatch.setattr(docker_engine, "docker_client", lambda timeout=3.0: fake)
     monkeypatch.setattr(docker_engine, "engine_problem", lambda: None)
 
 
 def test_docker_launcher_builds_the_container_tf_serving_needs(signed_repo, keys, tmp_path, monkeypatch):
-    from serving.local_engine import LocalEngine, ModelConfig
+    from tfship.serving.local_engine import LocalEngine, ModelConfig
 
     repo = copy_repo(signed_repo["repo"], tmp_path / "models")
     grpc_port, rest_port = free_port(), free_port()
@@ -183,7 +183,7 @@ def test_docker_launcher_builds_the_container_tf_serving_needs(signed_repo, keys
 
 
 def test_docker_gpu_spec(signed_repo, tmp_path):
-    from serving.docker_engine import container_spec
+    from tfship.serving.docker_engine import container_spec
 
     spec = container_spec(signed_repo["repo"], gpu=True, grpc_port=9500, rest_port=9501, host="0.0.0.0", intra_op_threads=1)
     kwargs = spec.run_kwargs()
@@ -205,7 +205,7 @@ def test_docker_failure_prints_the_container_log_and_exits_4(signed_repo, tmp_pa
 
 
 def test_auto_uses_the_local_engine_without_docker_and_says_so(monkeypatch):
-    from serving import docker_engine, lifecycle
+    from tfship.serving import docker_engine, lifecycle
 
     monkeypatch.setattr(docker_engine, "engine_problem", lambda: "Error while fetching server API version: no such file")
     import logging
@@ -213,12 +213,12 @@ def test_auto_uses_the_local_engine_without_docker_and_says_so(monkeypatch):
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    logging.getLogger("serving.lifecycle").addHandler(handler)
-    logging.getLogger("serving.lifecycle").setLevel(logging.INFO)
+    logging.getLogger("tfship.serving.lifecycle").addHandler(handler)
+    logging.getLogger("tfship.serving.lifecycle").setLevel(logging.INFO)
     try:
         assert lifecycle.choose_engine("auto") == "local"
     finally:
-        logging.getLogger("serving.lifecycle").removeHandler(handler)
+        logging.getLogger("tfship.serving.lifecycle").removeHandler(handler)
     assert any("no Docker engine answered" in r.getMessage() for r in records)
 
 
@@ -264,6 +264,13 @@ def test_real_tf_serving_container_serves_the_golden_set(signed_repo, keys, tmp_
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+    import docker
+
+    image = f"tensorflow/serving:{tf.__version__}"
+    try:
+        docker.from_env().images.get(image)
+    except docker.errors.ImageNotFound:
+        pytest.skip(f"the official {image} image is not on this engine and no registry is reachable to pull it")
     repo = copy_repo(signed_repo["repo"], tmp_path / "models")
     grpc_port, rest_port = free_port(), free_port()
     up = run_cli("serve", "up", "--repo", repo, "--engine", "docker", "--public-key", keys["public"],
@@ -285,7 +292,7 @@ def test_real_tf_serving_container_serves_the_golden_set(signed_repo, keys, tmp_
 
 
 def test_batching_parameters_file(signed_repo, tmp_path):
-    from serving.config_protos import BatchingParameters
+    from tfship.serving.config_protos import BatchingParameters
 
     repo = copy_repo(signed_repo["repo"], tmp_path / "models")
     params = tmp_path / "batching.txt"

@@ -22,7 +22,7 @@ from engine_helpers import official_stubs, self_signed, start_engine
 def served(signed_repo, keys, tmp_path_factory):
     import tensorflow as tf
 
-    from exporter import ExportOptions, export
+    from tfship.exporter import ExportOptions, export
 
     repo = copy_repo(signed_repo["repo"], tmp_path_factory.mktemp("served") / "models")
 
@@ -197,8 +197,8 @@ def test_metrics_use_tf_serving_names(served):
 
 
 def test_new_version_while_requests_flow_and_broken_version(signed_repo, keys, tmp_path):
-    from client.grpc_client import ServingClient
-    from serving.config import VersionPolicy
+    from tfship.client.grpc_client import ServingClient
+    from tfship.serving.config import VersionPolicy
 
     repo = tmp_path / "models"
     (repo / "digits").mkdir(parents=True)
@@ -266,8 +266,8 @@ def test_failed_warmup_ends_the_version(signed_repo, tmp_path):
 
 
 def test_batching_gives_each_caller_its_own_rows(signed_repo, tmp_path):
-    from client.grpc_client import ServingClient
-    from serving.config import BatchingOptions
+    from tfship.client.grpc_client import ServingClient
+    from tfship.serving.config import BatchingOptions
 
     repo = copy_repo(signed_repo["repo"], tmp_path / "models")
     engine = start_engine(repo, batching=BatchingOptions(max_batch_size=8, batch_timeout_micros=50_000, num_batch_threads=2,
@@ -300,9 +300,9 @@ def test_batching_gives_each_caller_its_own_rows(signed_repo, tmp_path):
 
 
 def test_tls(signed_repo, tmp_path):
-    from client.errors import ServerUnavailable
-    from client.grpc_client import ServingClient
-    from serving.local_engine import TlsOptions
+    from tfship.core.errors import ServerUnavailable
+    from tfship.client.grpc_client import ServingClient
+    from tfship.serving.local_engine import TlsOptions
 
     key, cert = self_signed(tmp_path / "tls")
     repo = copy_repo(signed_repo["repo"], tmp_path / "models")
@@ -319,8 +319,8 @@ def test_tls(signed_repo, tmp_path):
 
 
 def test_graceful_stop_lets_in_flight_requests_finish(signed_repo, tmp_path):
-    from client.grpc_client import ServingClient
-    from serving.config import BatchingOptions
+    from tfship.client.grpc_client import ServingClient
+    from tfship.serving.config import BatchingOptions
 
     repo = copy_repo(signed_repo["repo"], tmp_path / "models")
     # A long batching window keeps the request in flight while the engine is asked to stop.
@@ -428,7 +428,7 @@ def test_reload_config_adds_a_model(signed_repo, tmp_path):
 
 
 def test_removed_version_is_unloaded(signed_repo, tmp_path):
-    from client.grpc_client import ServingClient
+    from tfship.client.grpc_client import ServingClient
 
     repo = copy_repo(signed_repo["repo"], tmp_path / "models")
     engine = start_engine(repo, models=["digits"])  # policy all: versions 1 and 2

@@ -59,7 +59,7 @@ def _swap(v: Path) -> None:
 def _resign_other_key(keys):
     def tamper(v: Path) -> None:
         (v / "model.sig").unlink()
-        from exporter.signing import sign
+        from tfship.core.signing import sign
 
         sign(v, key=keys["other_private"])
     return tamper
@@ -106,7 +106,7 @@ def test_tampering_is_refused_by_verify_and_serve(case, signed_repo, keys, tmp_p
 
 
 def test_skip_invalid_leaves_failing_versions_out_of_the_config(signed_repo, keys, tmp_path):
-    from serving.config import read_model_server_config
+    from tfship.serving.config import read_model_server_config
 
     repo = copy_repo(signed_repo["repo"], tmp_path / "models")
     (repo / "digits" / "2" / "golden.npz").write_bytes(b"swapped")

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import click
 
-from client.errors import EXIT_ERROR, EXIT_USAGE, TfshipError, UsageError
+from tfship.core.errors import EXIT_ERROR, EXIT_USAGE, TfshipError, UsageError
 from tfship import render
 
 log = logging.getLogger("tfship")
@@ -39,8 +39,7 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
-    for name in ("tfship", "exporter", "serving", "client"):
-        logging.getLogger(name).setLevel(level)
+    logging.getLogger("tfship").setLevel(level)
     for noisy in ("tensorflow", "absl", "tf2onnx", "h5py", "keras"):
         logging.getLogger(noisy).setLevel(logging.ERROR if verbose < 2 else logging.INFO)
 
@@ -163,7 +162,7 @@ def _render_export(console, data) -> None:
 def export_cmd(source, name, repo, version, formats, tflite_quantize, calibration, samples, num_samples, architecture,
                custom_objects, trust_code, signature, sign_key, sign_key_password, opset, atol, rtol, strict, allow_mismatch):
     """Export SOURCE (.keras, .h5, SavedModel directory, or weights with --architecture) as a new version."""
-    from exporter import ExportOptions, export
+    from tfship.exporter import ExportOptions, export
 
     options = ExportOptions(
         source=source, name=name, repo=repo, version=version, formats=_split(formats),
@@ -190,7 +189,7 @@ def keys_group() -> None:
 @command("keys generate", lambda console, data: console.print(f"private key: {data['private_key']} (mode 0600)\npublic key:  {data['public_key']}"))
 def keys_generate(out, password, force):
     """Write an EC P-256 key pair: OUT/signing_key.pem (private) and OUT/signing_key.pub."""
-    from exporter.signing import generate_keys
+    from tfship.core.signing import generate_keys
 
     private, public = generate_keys(out, password=password, force=force)
     return {"private_key": str(private), "public_key": str(public)}
@@ -206,7 +205,7 @@ def keys_generate(out, password, force):
 @command("sign", lambda console, data: console.print(f"signed {data['directory']} -> {data['signature']}"))
 def sign_cmd(directory, key, password, certificate, certificate_chain, sigstore):
     """Sign a version directory: writes DIRECTORY/model.sig over every file in it."""
-    from exporter.signing import sign
+    from tfship.core.signing import sign
 
     path = sign(directory, key=key, password=password, certificate=certificate,
                 certificate_chain=tuple(certificate_chain), sigstore=sigstore)
@@ -226,8 +225,8 @@ def _render_verify(console, data) -> None:
 @command("verify", _render_verify)
 def verify_cmd(directory, public_key, certificate_chain, sigstore_identity, sigstore_issuer):
     """Verify DIRECTORY/model.sig. Exit 0 when every file matches, 5 otherwise (with the reason)."""
-    from client.errors import EXIT_SIGNATURE
-    from exporter.signing import verify
+    from tfship.core.errors import EXIT_SIGNATURE
+    from tfship.core.signing import verify
 
     if not Path(directory).is_dir():
         raise UsageError(f"{directory}: not a directory")

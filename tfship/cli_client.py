@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from client.errors import UsageError
+from tfship.core.errors import UsageError
 from tfship import render
 from tfship.cli import cli, command
 
@@ -27,7 +27,7 @@ def _client_options(fn):
 
 
 def _client(target, timeout, root_certificates, private_key, certificate_chain, server_name):
-    from client.grpc_client import ServingClient
+    from tfship.client.grpc_client import ServingClient
 
     read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
     return ServingClient(target, timeout=timeout, root_certificates=read(root_certificates), private_key=read(private_key),
@@ -79,11 +79,11 @@ def validate_cmd(target, model, timeout, root_certificates, private_key, certifi
 
     Exit 0 pass, 3 mismatch (signature or values), 4 server or model unavailable, 1 error.
     """
-    from client.compare import Tolerance
-    from client.errors import EXIT_MISMATCH, PredictionMismatch
-    from client.golden import load_arrays, load_golden
-    from client.report import write_validation_report
-    from client.validate import raise_for, validate
+    from tfship.core.tolerance import Tolerance
+    from tfship.core.errors import EXIT_MISMATCH, PredictionMismatch
+    from tfship.client.golden import load_arrays, load_golden
+    from tfship.client.report import write_validation_report
+    from tfship.client.validate import raise_for, validate
 
     if version is not None and label:
         raise UsageError("give --version or --label, not both")
@@ -92,8 +92,8 @@ def validate_cmd(target, model, timeout, root_certificates, private_key, certifi
     if original:
         if not inputs_path:
             raise UsageError("--original needs --inputs X.npz")
-        from exporter.samples import load_npz_inputs
-        from exporter.sources import load_source
+        from tfship.exporter.samples import load_npz_inputs
+        from tfship.exporter.sources import load_source
 
         loaded = load_source(original, architecture=architecture)
         inputs = load_npz_inputs(inputs_path, loaded.signature, "--inputs")
@@ -142,9 +142,10 @@ def _render_compare(console, data) -> None:
 @command("compare", _render_compare)
 def compare_cmd(target, model, timeout, root_certificates, private_key, certificate_chain, server_name, a, b, inputs_path, rtol, atol, batch_size):
     """Send the same inputs to two versions or labels of MODEL and compare their answers (canary against stable)."""
-    from client.compare import Tolerance, compare_outputs
-    from client.golden import load_arrays
-    from client.validate import LatencyStats, predict_all
+    from tfship.client.compare import compare_outputs
+    from tfship.core.tolerance import Tolerance
+    from tfship.client.golden import load_arrays
+    from tfship.client.validate import LatencyStats, predict_all
 
     arrays = load_arrays(inputs_path)
     inputs = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("inputs/")} or arrays
@@ -183,9 +184,9 @@ def _render_bench(console, data) -> None:
 def bench_cmd(target, model, timeout, root_certificates, private_key, certificate_chain, server_name, version, label,
               concurrency, batch_sizes, duration, rate, inputs_path, report_dir):
     """Latency percentiles and throughput of MODEL at TARGET per concurrency level and batch size."""
-    from client.bench import bench
-    from client.golden import load_arrays
-    from client.report import write_bench_report
+    from tfship.client.bench import bench
+    from tfship.client.golden import load_arrays
+    from tfship.client.report import write_bench_report
 
     try:
         levels = [int(v) for v in concurrency.split(",") if v.strip()]

@@ -42,8 +42,8 @@ def _serve_options(fn):
 def _options(repo, public_key, allow_unsigned, skip_invalid, versions, labels, batching, batching_parameters_file,
              max_batch_size, batch_timeout_micros, num_batch_threads, max_enqueued_batches, allowed_batch_sizes,
              ssl_key, ssl_cert, ssl_ca, ssl_client_verify, **extra):
-    from serving.config import BatchingOptions, VersionPolicy, parse_labels
-    from serving.lifecycle import ServeOptions
+    from tfship.serving.config import BatchingOptions, VersionPolicy, parse_labels
+    from tfship.serving.lifecycle import ServeOptions
 
     batching_options = None
     if batching_parameters_file:
@@ -89,7 +89,7 @@ def _render_up(console, data) -> None:
 @command("serve up", _render_up)
 def serve_up(engine, host, grpc_port, rest_port, detach, timeout, gpu, image, **kwargs):
     """Verify every version, write the configs, start an engine and wait until the models are AVAILABLE."""
-    from serving.lifecycle import up
+    from tfship.serving.lifecycle import up
 
     options = _options(**kwargs, engine=engine, host=host, grpc_port=grpc_port, rest_port=rest_port, timeout=timeout, gpu=gpu, image=image)
     return up(options, detach=detach)
@@ -110,7 +110,7 @@ def _render_config(console, data) -> None:
 @command("serve config", _render_config)
 def serve_config(**kwargs):
     """Verify every version and write models.config (and batching, monitoring, SSL configs) into the repository."""
-    from serving.lifecycle import write_configs
+    from tfship.serving.lifecycle import write_configs
 
     return write_configs(_options(**kwargs)).to_dict()
 
@@ -121,7 +121,7 @@ def serve_config(**kwargs):
 @command("serve down", lambda console, data: console.print(f"stopped the {data['engine']} engine" if data.get("stopped") else data.get("reason", "nothing was running")))
 def serve_down(repo, timeout):
     """Stop the engine serving the repository (gracefully: in-flight requests finish)."""
-    from serving.lifecycle import down
+    from tfship.serving.lifecycle import down
 
     return down(repo, timeout)
 
@@ -145,8 +145,8 @@ def _render_status(console, data) -> None:
 @command("serve status", _render_status)
 def serve_status(repo):
     """Which engine serves the repository, and the state of every model version."""
-    from client.errors import EXIT_UNAVAILABLE
-    from serving.lifecycle import status
+    from tfship.core.errors import EXIT_UNAVAILABLE
+    from tfship.serving.lifecycle import status
 
     data = status(repo)
     return data, (0 if data.get("running") else EXIT_UNAVAILABLE)
@@ -167,7 +167,7 @@ def serve_status(repo):
 def serve_run_local(config_file, host, grpc_port, rest_port, public_key, batching_parameters_file, ssl_config_file, poll_seconds,
                     intra_op_threads, inter_op_threads):
     """The local engine process (started by 'serve up --detach'); reads a ModelServerConfig like tensorflow_model_server."""
-    from serving.lifecycle import build_local_engine
+    from tfship.serving.lifecycle import build_local_engine
 
     engine = build_local_engine(config_file, host=host, grpc_port=grpc_port, rest_port=rest_port, public_key=public_key,
                                 batching_file=batching_parameters_file, ssl_config_file=ssl_config_file, poll_seconds=poll_seconds,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serving.local_engine.models import ModelConfig
-from serving.local_engine.server import LocalEngine, TlsOptions
+from tfship.serving.local_engine.models import ModelConfig
+from tfship.serving.local_engine.server import LocalEngine, TlsOptions
 
 __all__ = ["LocalEngine", "ModelConfig", "TlsOptions"]

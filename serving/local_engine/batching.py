@@ -20,8 +20,8 @@ from typing import Callable
 import grpc
 import numpy as np
 
-from serving.config import BatchingOptions
-from serving.local_engine.errors import EngineError, invalid
+from tfship.serving.config import BatchingOptions
+from tfship.serving.local_engine.errors import EngineError, invalid
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 

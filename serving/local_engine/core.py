@@ -11,12 +11,12 @@ from typing import Any, Callable
 import grpc
 import numpy as np
 
-from serving.config import BatchingOptions
-from serving.local_engine import predict
-from serving.local_engine.batching import Batcher
-from serving.local_engine.errors import EngineError, invalid
-from serving.local_engine.metrics import Metrics
-from serving.local_engine.models import ModelConfig, ModelManager, Servable, SignatureEntry, configs_from_proto
+from tfship.serving.config import BatchingOptions
+from tfship.serving.local_engine import predict
+from tfship.serving.local_engine.batching import Batcher
+from tfship.serving.local_engine.errors import EngineError, invalid
+from tfship.serving.local_engine.metrics import Metrics
+from tfship.serving.local_engine.models import ModelConfig, ModelManager, Servable, SignatureEntry, configs_from_proto
 
 log = logging.getLogger(__name__)
 

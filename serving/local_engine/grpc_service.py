@@ -13,8 +13,8 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2
 
-from client.codec import to_tensor_proto
-from serving.local_engine.errors import EngineError, invalid
+from tfship.core.codec import to_tensor_proto
+from tfship.serving.local_engine.errors import EngineError, invalid
 
 
 

@@ -19,9 +19,9 @@ from typing import Any, Callable
 import grpc
 import numpy as np
 
-from exporter.repository import versions as versions_on_disk
-from serving.config import VersionPolicy
-from serving.local_engine.errors import EngineError, invalid, not_found
+from tfship.exporter.repository import versions as versions_on_disk
+from tfship.serving.config import VersionPolicy
+from tfship.serving.local_engine.errors import EngineError, invalid, not_found
 
 log = logging.getLogger(__name__)
 

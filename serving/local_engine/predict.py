@@ -7,9 +7,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from client.codec import CodecError, DT_STRING, dtype_name, shape_of, to_ndarray
-from serving.local_engine.errors import EngineError, invalid
-from serving.local_engine.models import Servable, SignatureEntry
+from tfship.core.codec import CodecError, DT_STRING, dtype_name, shape_of, to_ndarray
+from tfship.serving.local_engine.errors import EngineError, invalid
+from tfship.serving.local_engine.models import Servable, SignatureEntry
 
 DEFAULT_SIGNATURE = "serving_default"
 

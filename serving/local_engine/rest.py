@@ -15,8 +15,8 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
-from serving.config import PROMETHEUS_PATH
-from serving.local_engine.errors import EngineError, invalid
+from tfship.serving.config import PROMETHEUS_PATH
+from tfship.serving.local_engine.errors import EngineError, invalid
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def make_handler(core):
                     self._send(200, result)
                     return
                 servable = core.manager.resolve(name, version, label)
-                from serving.local_engine.predict import signature_of
+                from tfship.serving.local_engine.predict import signature_of
 
                 entry = signature_of(servable, (body or {}).get("signature_name", "") if isinstance(body, dict) else "")
                 arrays, row = parse_predict_body(body, entry.input_order)

@@ -12,12 +12,12 @@ from typing import Callable
 
 import grpc
 
-from client.errors import ServingError
-from serving.config import BatchingOptions
-from serving.local_engine.core import EngineCore
-from serving.local_engine.grpc_service import build_servicers, generic_handlers
-from serving.local_engine.models import ModelConfig
-from serving.local_engine.rest import RestServer
+from tfship.core.errors import ServingError
+from tfship.serving.config import BatchingOptions
+from tfship.serving.local_engine.core import EngineCore
+from tfship.serving.local_engine.grpc_service import build_servicers, generic_handlers
+from tfship.serving.local_engine.models import ModelConfig
+from tfship.serving.local_engine.rest import RestServer
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.errors import SignatureError, TfshipError, UsageError
-from exporter.manifest import SIGNATURE_FILE
+from tfship.core.errors import SignatureError, TfshipError, UsageError
+
+# The signature file sits inside the version it signs; model_signing is told to leave it out of the hash.
+SIGNATURE_FILE = "model.sig"
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from client.protos import DATA_TYPES, TensorProto
+from tfship.core.protos import DATA_TYPES, TensorProto
 
 try:  # bfloat16 has no numpy dtype of its own; ml_dtypes (a tensorflow dependency) provides it.
     import ml_dtypes
