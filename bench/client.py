@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-
 from _common import free_port  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
@@ -75,9 +74,9 @@ def bench_import() -> tuple[float, float]:
 def bench_validate(samples: int) -> tuple[float, float]:
     import tensorflow as tf
 
-    from tfship.core.tolerance import Tolerance
     from tfship.client.grpc_client import ServingClient
     from tfship.client.validate import validate
+    from tfship.core.tolerance import Tolerance
     from tfship.exporter import ExportOptions, export
 
     sys.path.insert(0, str(ROOT / "examples"))

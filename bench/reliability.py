@@ -29,7 +29,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-
 from _common import free_port  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from tfship.core import protos  # noqa: E402

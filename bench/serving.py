@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent import futures
 from pathlib import Path
@@ -31,7 +30,6 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-
 from _common import free_port  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
@@ -96,8 +94,8 @@ def serve_engine(port: int, repo: str, batching: bool) -> None:
 def loadgen(port: int, concurrency: int, duration: float) -> dict:
     import grpc
 
-    from tfship.core import protos
     from tfship.client.bench import closed_loop
+    from tfship.core import protos
     from tfship.core.codec import to_tensor_proto
     from tfship.core.errors import TfshipError
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import numpy as np
 
-from tfship.core.errors import TfshipError
 from tfship.client.grpc_client import ServingClient
+from tfship.core.errors import TfshipError
 
 
 def _stats(latencies: list[float]) -> dict:

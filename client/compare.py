@@ -8,8 +8,8 @@ look like class scores (floating point, last axis longer than one).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Mapping
 
 import numpy as np
 

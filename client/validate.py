@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from tfship.client.compare import Comparison, compare_outputs
-from tfship.core.tolerance import Tolerance
-from tfship.core.errors import PredictionMismatch, TfshipError
 from tfship.client.grpc_client import ServingClient
+from tfship.core.errors import PredictionMismatch, TfshipError
 from tfship.core.signature import Signature
+from tfship.core.tolerance import Tolerance
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class LatencyStats:
     samples_ms: tuple[float, ...] = field(default=(), repr=False)
 
     @classmethod
-    def of(cls, seconds: list[float]) -> "LatencyStats":
+    def of(cls, seconds: list[float]) -> LatencyStats:
         if not seconds:
             return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0)
         ms = np.asarray(seconds) * 1000

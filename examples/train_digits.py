@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"example model already trained in {args.out} (--force retrains)", file=sys.stderr)
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import numpy as np
     import keras
+    import numpy as np
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

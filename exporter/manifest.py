@@ -86,7 +86,7 @@ class Manifest:
         return path
 
     @classmethod
-    def read(cls, directory: Path) -> "Manifest":
+    def read(cls, directory: Path) -> Manifest:
         data = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
         return cls(
             tfship_version=data["tfship_version"], name=data["name"], version=int(data["version"]),

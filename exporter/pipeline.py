@@ -6,19 +6,19 @@ import datetime as _dt
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from tfship.client.compare import Comparison, compare_outputs
-from tfship.core.tolerance import Tolerance
+from tfship.core import signing
 from tfship.core.errors import ExportError, PredictionMismatch, TfshipError, UsageError
+from tfship.core.tolerance import Tolerance
 from tfship.exporter import manifest as mf
 from tfship.exporter import onnx as onnx_export
-from tfship.core import signing
 from tfship.exporter import repository, sources, tflite, warmup
 from tfship.exporter import samples as sample_inputs
 

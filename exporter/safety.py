@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from tfship.core.errors import ExportError, UnsafeModelError
 

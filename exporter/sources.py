@@ -17,13 +17,14 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from tfship.core.errors import ExportError, UnsafeModelError, UsageError
+from tfship.core.errors import ExportError, UsageError
 from tfship.core.signature import Signature, TensorSpec
 from tfship.exporter import safety
 

@@ -8,9 +8,9 @@ the official container (paths as seen inside it, under /models) and the local en
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from google.protobuf import text_format
 
@@ -33,7 +33,7 @@ class VersionPolicy:
     versions: tuple[int, ...] = ()
 
     @classmethod
-    def parse(cls, text: str | None) -> "VersionPolicy":
+    def parse(cls, text: str | None) -> VersionPolicy:
         text = (text or "latest:1").strip()
         if text == "all":
             return cls("all")
@@ -170,7 +170,7 @@ class BatchingOptions:
     allowed_batch_sizes: tuple[int, ...] = ()
     pad_variable_length_inputs: bool = False
 
-    def check(self) -> "BatchingOptions":
+    def check(self) -> BatchingOptions:
         if self.max_batch_size < 1 or self.num_batch_threads < 1 or self.max_enqueued_batches < 1 or self.batch_timeout_micros < 0:
             raise UsageError("batching: max_batch_size, num_batch_threads and max_enqueued_batches must be >= 1, batch_timeout_micros >= 0")
         sizes = list(self.allowed_batch_sizes)
@@ -191,7 +191,7 @@ class BatchingOptions:
         return proto
 
     @classmethod
-    def from_file(cls, path: Path) -> "BatchingOptions":
+    def from_file(cls, path: Path) -> BatchingOptions:
         from tfship.serving.config_protos import BatchingParameters
 
         try:

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tfship.core.errors import ServerUnavailable, ServingError, UsageError
-from tfship.serving import config as cfg
 from tfship.exporter.repository import pid_alive
+from tfship.serving import config as cfg
 from tfship.serving import docker_engine, gate
 
 log = logging.getLogger(__name__)
@@ -316,8 +316,8 @@ def down(repo: Path, timeout: float = 30.0) -> dict:
 
 
 def status(repo: Path) -> dict:
-    from tfship.core.errors import TfshipError
     from tfship.client.grpc_client import ServingClient
+    from tfship.core.errors import TfshipError
 
     state = read_state(repo)
     if not state:

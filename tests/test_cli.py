@@ -7,8 +7,6 @@ import os
 import signal
 import time
 
-import numpy as np
-
 from conftest import copy_repo, free_port, run_cli, run_subprocess
 
 

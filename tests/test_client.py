@@ -10,10 +10,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, copy_repo, free_port, run_cli
 from engine_helpers import self_signed, start_engine
-
 
 # --- wire compatibility ---------------------------------------------------------------------------
 
@@ -198,13 +196,12 @@ def test_validate_reports_signature_mismatch_before_predicting(engine_repo, tmp_
 
 
 def test_an_unreachable_server_fails_at_the_deadline(engine_repo):
-    from tfship.core.errors import ServerUnavailable
     from tfship.client.grpc_client import ServingClient
+    from tfship.core.errors import ServerUnavailable
 
     began = time.monotonic()
-    with ServingClient(f"127.0.0.1:{free_port()}", timeout=1.5) as client:
-        with pytest.raises(ServerUnavailable):
-            client.status("digits")
+    with ServingClient(f"127.0.0.1:{free_port()}", timeout=1.5) as client, pytest.raises(ServerUnavailable):
+        client.status("digits")
     assert 1.0 <= time.monotonic() - began < 5
 
 

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from google.protobuf import text_format
-
 from conftest import ROOT, copy_repo, free_port, run_cli
 from engine_helpers import self_signed
+from google.protobuf import text_format
 
 DOCKER = ROOT / "docker"
 

@@ -7,8 +7,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
-
 from conftest import listing, run_cli
 
 SM_ONLY = ("--formats", "savedmodel")
@@ -184,7 +182,6 @@ def test_weights_with_json_architecture_keras3_and_tf_keras(tmp_path):
 
 
 def test_weights_with_builder_function(tmp_path, monkeypatch):
-    import keras
 
     (tmp_path / "arch_mod.py").write_text(textwrap.dedent("""
         import keras

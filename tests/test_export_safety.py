@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from conftest import ROOT, listing, run_cli, shared_model
+from conftest import ROOT, run_cli, shared_model
 
 SM_ONLY = ("--formats", "savedmodel")
 

@@ -13,7 +13,6 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
-
 from conftest import copy_repo
 from engine_helpers import official_stubs, self_signed, start_engine
 
@@ -300,8 +299,8 @@ def test_batching_gives_each_caller_its_own_rows(signed_repo, tmp_path):
 
 
 def test_tls(signed_repo, tmp_path):
-    from tfship.core.errors import ServerUnavailable
     from tfship.client.grpc_client import ServingClient
+    from tfship.core.errors import ServerUnavailable
     from tfship.serving.local_engine import TlsOptions
 
     key, cert = self_signed(tmp_path / "tls")
@@ -311,9 +310,8 @@ def test_tls(signed_repo, tmp_path):
         images = np.load(repo / "digits" / "1" / "golden.npz")["inputs/image"][:2]
         with ServingClient(f"localhost:{engine.grpc_port}", root_certificates=cert.read_bytes()) as client:
             assert client.predict({"image": images}, "digits")["probabilities"].shape == (2, 10)
-        with ServingClient(f"localhost:{engine.grpc_port}", timeout=3, retries=2) as plain:
-            with pytest.raises(ServerUnavailable):
-                plain.predict({"image": images}, "digits")
+        with ServingClient(f"localhost:{engine.grpc_port}", timeout=3, retries=2) as plain, pytest.raises(ServerUnavailable):
+            plain.predict({"image": images}, "digits")
     finally:
         engine.stop(grace=0)
 

@@ -11,13 +11,14 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
-from tfship.core.errors import EXIT_ERROR, EXIT_USAGE, TfshipError, UsageError
 from tfship import render
+from tfship.core.errors import EXIT_ERROR, TfshipError, UsageError
 
 log = logging.getLogger("tfship")
 
@@ -244,4 +245,3 @@ def main() -> None:
     cli.main(prog_name="tfship")
 
 
-from tfship import cli_serving, cli_client  # noqa: E402  (register the serving and client commands)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from tfship.core.errors import UsageError
 from tfship import render
 from tfship.cli import cli, command
+from tfship.core.errors import UsageError
 
 
 def _client_options(fn):
@@ -79,11 +79,11 @@ def validate_cmd(target, model, timeout, root_certificates, private_key, certifi
 
     Exit 0 pass, 3 mismatch (signature or values), 4 server or model unavailable, 1 error.
     """
-    from tfship.core.tolerance import Tolerance
-    from tfship.core.errors import EXIT_MISMATCH, PredictionMismatch
     from tfship.client.golden import load_arrays, load_golden
     from tfship.client.report import write_validation_report
     from tfship.client.validate import raise_for, validate
+    from tfship.core.errors import EXIT_MISMATCH, PredictionMismatch
+    from tfship.core.tolerance import Tolerance
 
     if version is not None and label:
         raise UsageError("give --version or --label, not both")
@@ -143,9 +143,9 @@ def _render_compare(console, data) -> None:
 def compare_cmd(target, model, timeout, root_certificates, private_key, certificate_chain, server_name, a, b, inputs_path, rtol, atol, batch_size):
     """Send the same inputs to two versions or labels of MODEL and compare their answers (canary against stable)."""
     from tfship.client.compare import compare_outputs
-    from tfship.core.tolerance import Tolerance
     from tfship.client.golden import load_arrays
     from tfship.client.validate import LatencyStats, predict_all
+    from tfship.core.tolerance import Tolerance
 
     arrays = load_arrays(inputs_path)
     inputs = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("inputs/")} or arrays

@@ -13,9 +13,9 @@ while every batch thread is busy keeps taking tasks until a thread frees up, so 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 import grpc
 import numpy as np

@@ -17,7 +17,6 @@ from tfship.core.codec import to_tensor_proto
 from tfship.serving.local_engine.errors import EngineError, invalid
 
 
-
 async def _abort(context, exc: EngineError):
     await context.abort(exc.code, exc.message)
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
-import numpy as np
 
 from tfship.exporter.repository import versions as versions_on_disk
 from tfship.serving.config import VersionPolicy

@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from tfship.core.codec import CodecError, DT_STRING, dtype_name, shape_of, to_ndarray
+from tfship.core.codec import DT_STRING, CodecError, dtype_name, shape_of, to_ndarray
 from tfship.serving.local_engine.errors import EngineError, invalid
 from tfship.serving.local_engine.models import Servable, SignatureEntry
 

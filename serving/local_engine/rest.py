@@ -136,7 +136,7 @@ def make_handler(core):
         protocol_version = "HTTP/1.1"
         server_version = "tfship-local-engine"
 
-        def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
+        def log_message(self, format: str, *args) -> None:
             log.debug("rest: " + format, *args)
 
         def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:

@@ -6,9 +6,9 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import grpc
 
@@ -69,7 +69,7 @@ class LocalEngine:
         self.rest_port = 0
         self._stopped = threading.Event()
 
-    def start(self) -> "LocalEngine":
+    def start(self) -> LocalEngine:
         # Like tensorflow_model_server: load the initial models first, open the ports after.
         self.core.start()
         self._loop = asyncio.new_event_loop()
@@ -156,7 +156,7 @@ class LocalEngine:
                 signal.signal(s, h)
             self.stop(grace)
 
-    def __enter__(self) -> "LocalEngine":
+    def __enter__(self) -> LocalEngine:
         return self.start()
 
     def __exit__(self, *exc) -> None:

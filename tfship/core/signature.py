@@ -16,7 +16,7 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TensorSpec":
+    def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
         return cls(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]))
 
     def shape_text(self) -> str:
@@ -44,7 +44,7 @@ class Signature:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Signature":
+    def from_dict(cls, data: dict[str, Any]) -> Signature:
         return cls(
             key=data["key"],
             method_name=data.get("method_name", "tensorflow/serving/predict"),
@@ -55,7 +55,7 @@ class Signature:
     def input(self, name: str) -> TensorSpec | None:
         return next((s for s in self.inputs if s.name == name), None)
 
-    def differences(self, other: "Signature") -> list[str]:
+    def differences(self, other: Signature) -> list[str]:
         """Human-readable differences between this (expected) signature and ``other`` (served)."""
         problems = []
         for kind, mine, theirs in (("input", self.inputs, other.inputs), ("output", self.outputs, other.outputs)):
