@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from tfship import render
-from tfship.cli import cli, command
+from tfship.command import command
 from tfship.core.errors import UsageError
 
 
@@ -59,7 +59,7 @@ def _render_validate(console, data) -> None:
         console.print(f"report: {data['report']['html']}")
 
 
-@cli.command("validate")
+@click.command("validate")
 @_client_options
 @click.option("--version", "version", type=int, help="Validate this version.")
 @click.option("--label", help="Validate the version behind this label.")
@@ -131,7 +131,7 @@ def _render_compare(console, data) -> None:
                   f"B {data['b_latency']['p50_ms']:.2f}/{data['b_latency']['p99_ms']:.2f} ms")
 
 
-@cli.command("compare")
+@click.command("compare")
 @_client_options
 @click.option("--a", "a", required=True, help="Version number or label (the reference, e.g. stable).")
 @click.option("--b", "b", required=True, help="Version number or label (the candidate, e.g. canary).")
@@ -170,7 +170,7 @@ def _render_bench(console, data) -> None:
         console.print(f"report: {data['report']['html']}")
 
 
-@cli.command("bench")
+@click.command("bench")
 @_client_options
 @click.option("--version", "version", type=int)
 @click.option("--label")
@@ -206,3 +206,6 @@ def bench_cmd(target, model, timeout, root_certificates, private_key, certificat
     if report_dir:
         data["report"] = {k: str(v) for k, v in write_bench_report(report_dir, data).items()}
     return data
+
+
+COMMANDS = [validate_cmd, compare_cmd, bench_cmd]

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from tfship import render
-from tfship.cli import cli, command
+from tfship.command import command
 
 
 def _serve_options(fn):
@@ -58,7 +58,7 @@ def _options(repo, public_key, allow_unsigned, skip_invalid, versions, labels, b
                         ssl_key=ssl_key, ssl_cert=ssl_cert, ssl_ca=ssl_ca, ssl_client_verify=ssl_client_verify, **extra)
 
 
-@cli.group("serve")
+@click.group("serve")
 def serve_group() -> None:
     """Serve the model repository with TensorFlow Serving (container) or the local engine."""
 
@@ -175,3 +175,6 @@ def serve_run_local(config_file, host, grpc_port, rest_port, public_key, batchin
     engine.start()
     engine.serve_until_signal()
     return {"stopped": True}
+
+
+COMMANDS = [serve_group]

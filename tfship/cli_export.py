@@ -1,0 +1,63 @@
+"""``tfship export``: a model file in, a signed, checked version out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tfship import render
+from tfship.command import command, log, parse_tolerances, split_list
+
+
+def _render_export(console, data) -> None:
+    rows = []
+    for p in data["parity"]:
+        rows.append([p["artifact"], p["status"], render.fmt_float(p["max_abs"]),
+                     "-" if p["top1_agreement"] is None else f"{p['top1_agreement']:.4f}", p["error"][:120]])
+    console.print(render.table(f"{data['name']} version {data['version']} -> {data['directory']}",
+                               ["artifact", "parity", "max abs err", "top-1", "detail"], rows))
+    for notice in data["notices"]:
+        console.print(f"notice: {notice}")
+    console.print("signed: yes (model.sig)" if data["signed"] else "signed: no (pass --sign-key to sign)")
+
+
+@click.command("export")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Model name in the repository (models/NAME/VERSION).")
+@click.option("--repo", type=click.Path(path_type=Path), default=Path("models"), show_default=True, help="Model repository folder.")
+@click.option("--version", "version", type=int, help="Version number to write (default: the next one). Never overwrites.")
+@click.option("--formats", default="savedmodel,tflite,onnx", show_default=True, help="Comma-separated artifacts to produce.")
+@click.option("--tflite-quantize", default="", help="Extra TFLite variants: float16,dynamic,int8.")
+@click.option("--calibration", type=click.Path(path_type=Path), help="Inputs (.npz) to calibrate int8 quantization.")
+@click.option("--samples", type=click.Path(path_type=Path), help="Inputs (.npz, keys = input names) for the parity check.")
+@click.option("--num-samples", type=click.IntRange(1, 100_000), default=32, show_default=True, help="Generated samples when --samples is not given.")
+@click.option("--architecture", help="With a weights-only SOURCE: arch.json (model.to_json()) or module:build_fn.")
+@click.option("--custom-objects", help="module.py or pkg.module defining the model's custom layers.")
+@click.option("--trust-code", is_flag=True, help="Allow code stored in the model file (Lambda layers) to run.")
+@click.option("--signature", default="serving_default", show_default=True, help="Signature of a SavedModel SOURCE to export.")
+@click.option("--sign-key", type=click.Path(path_type=Path), envvar="TFSHIP_SIGN_KEY", help="Private key to sign the version [env TFSHIP_SIGN_KEY].")
+@click.option("--sign-key-password", envvar="TFSHIP_SIGN_KEY_PASSWORD", help="Password of the signing key [env TFSHIP_SIGN_KEY_PASSWORD].")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (9-18).")
+@click.option("--atol", multiple=True, help="Absolute tolerance: VALUE for every artifact, or FORMAT=VALUE (repeatable).")
+@click.option("--rtol", multiple=True, help="Relative tolerance: VALUE for every artifact, or FORMAT=VALUE (repeatable).")
+@click.option("--strict", is_flag=True, help="Fail when any requested format cannot be produced.")
+@click.option("--allow-mismatch", is_flag=True, help="Keep the version even when an artifact does not match the original.")
+@command("export", _render_export)
+def export_cmd(source, name, repo, version, formats, tflite_quantize, calibration, samples, num_samples, architecture,
+               custom_objects, trust_code, signature, sign_key, sign_key_password, opset, atol, rtol, strict, allow_mismatch):
+    """Export SOURCE (.keras, .h5, SavedModel directory, or weights with --architecture) as a new version."""
+    from tfship.exporter import ExportOptions, export
+
+    options = ExportOptions(
+        source=source, name=name, repo=repo, version=version, formats=split_list(formats),
+        tflite_quantize=split_list(tflite_quantize), calibration=calibration, samples=samples, num_samples=num_samples,
+        architecture=architecture, custom_objects=custom_objects, trust_code=trust_code, sign_key=sign_key,
+        sign_key_password=sign_key_password, opset=opset, strict=strict, allow_mismatch=allow_mismatch,
+        atol=parse_tolerances(atol, "--atol"), rtol=parse_tolerances(rtol, "--rtol"), signature=signature,
+    )
+    result = export(options, progress=lambda message: log.info("export: %s", message))
+    return result.to_dict()
+
+
+COMMANDS = [export_cmd]
