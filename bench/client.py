@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ import numpy as np  # noqa: E402
 from _common import free_port  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
-def timeit(fn, min_seconds: float = 0.3, min_runs: int = 5) -> float:
+def timeit(fn: Callable[[], object], min_seconds: float = 0.3, min_runs: int = 5) -> float:
     """Best time of several runs after one warm-up (first touches of fresh memory distort big arrays)."""
     fn()
     best, runs, began = float("inf"), 0, time.perf_counter()
@@ -40,23 +41,23 @@ def timeit(fn, min_seconds: float = 0.3, min_runs: int = 5) -> float:
     return best
 
 
-def bench_codec() -> list[tuple]:
+def bench_codec() -> list[tuple[int, float, float, float, float]]:
     import tensorflow as tf
 
     from tfship.core import protos
     from tfship.core.codec import to_ndarray, to_tensor_proto
 
-    rows = []
-    for size in (1 << 10, 1 << 16, 1 << 20, 16 << 20, 64 << 20):
+    def row(size: int) -> tuple[int, float, float, float, float]:
         array = np.random.default_rng(0).random(size // 4, dtype=np.float32)
-        ours_encode = timeit(lambda: to_tensor_proto(array).SerializeToString())
-        tf_encode = timeit(lambda: tf.make_tensor_proto(array).SerializeToString())
         wire = to_tensor_proto(array).SerializeToString()
-        ours_decode = timeit(lambda: to_ndarray(protos.TensorProto.FromString(wire)))
         tf_proto_cls = type(tf.make_tensor_proto(array[:1]))
-        tf_decode = timeit(lambda: tf.make_ndarray(tf_proto_cls.FromString(wire)))
-        rows.append((size, ours_encode, tf_encode, ours_decode, tf_decode))
-    return rows
+        return (size,
+                timeit(lambda: to_tensor_proto(array).SerializeToString()),
+                timeit(lambda: tf.make_tensor_proto(array).SerializeToString()),
+                timeit(lambda: to_ndarray(protos.TensorProto.FromString(wire))),
+                timeit(lambda: tf.make_ndarray(tf_proto_cls.FromString(wire))))
+
+    return [row(size) for size in (1 << 10, 1 << 16, 1 << 20, 16 << 20, 64 << 20)]
 
 
 def bench_import() -> tuple[float, float]:
@@ -68,12 +69,13 @@ def bench_import() -> tuple[float, float]:
             times.append(float(out.stdout.strip().splitlines()[-1]))
         return min(times)
 
-    return cold("import tfship.client, client.grpc_client, client.validate"), cold("import tensorflow")
+    return cold("import tfship.client.grpc_client, tfship.client.validate"), cold("import tensorflow")
 
 
 def bench_validate(samples: int) -> tuple[float, float]:
     import tensorflow as tf
 
+    from tfship.client.golden import load_golden
     from tfship.client.grpc_client import ServingClient
     from tfship.client.validate import validate
     from tfship.core.tolerance import Tolerance
@@ -87,11 +89,10 @@ def bench_validate(samples: int) -> tuple[float, float]:
         model.save(Path(tmp) / "digits.keras")
         rng = np.random.default_rng(0)
         inputs = {"image": rng.random((samples, 8, 8, 1), dtype=np.float32)}
-        np.savez(Path(tmp) / "samples.npz", **inputs)
+        np.savez(Path(tmp) / "samples.npz", image=inputs["image"])
         result = export(ExportOptions(source=Path(tmp) / "digits.keras", name="digits", repo=Path(tmp) / "models",
                                       formats=("savedmodel",), samples=Path(tmp) / "samples.npz"), progress=lambda m: None)
-        golden = np.load(result.directory / "golden.npz")
-        expected = {"probabilities": golden["outputs/probabilities"]}
+        expected = load_golden(result.directory).outputs
         served = tf.saved_model.load(str(result.directory)).signatures["serving_default"]
         batch = 32
 

@@ -11,29 +11,31 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
 from tfship.client.grpc_client import ServingClient
+from tfship.client.latency import LatencyStats
 from tfship.core.errors import TfshipError
+from tfship.core.samples import generate_inputs
 
 
-def _stats(latencies: list[float]) -> dict:
-    if not latencies:
-        return {"p50_ms": 0.0, "p90_ms": 0.0, "p99_ms": 0.0, "mean_ms": 0.0}
-    ms = np.asarray(latencies) * 1000
-    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
+def _run_stats(latencies: list[float], errors: int, elapsed: float) -> dict[str, Any]:
+    stats = LatencyStats.of(latencies).to_dict()
+    stats.pop("count")  # the run's "requests"
+    return {"requests": len(latencies), "errors": errors, "seconds": elapsed,
+            "throughput_rps": len(latencies) / elapsed if elapsed else 0.0, **stats}
 
 
-def closed_loop(call: Callable[[], None], concurrency: int, duration: float, max_requests: int | None = None) -> dict:
+def closed_loop(call: Callable[[], None], concurrency: int, duration: float, max_requests: int | None = None) -> dict[str, Any]:
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
     stop_at = time.perf_counter() + duration
     sent = [0]
 
-    def worker():
+    def worker() -> None:
         local = []
         while time.perf_counter() < stop_at:
             with lock:
@@ -57,18 +59,17 @@ def closed_loop(call: Callable[[], None], concurrency: int, duration: float, max
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - began
-    return {"requests": len(latencies), "errors": errors[0], "seconds": elapsed,
-            "throughput_rps": len(latencies) / elapsed if elapsed else 0.0, **_stats(latencies)}
+    return _run_stats(latencies, errors[0], elapsed)
 
 
-def open_loop(call: Callable[[], None], rate: float, duration: float, max_in_flight: int = 256) -> dict:
+def open_loop(call: Callable[[], None], rate: float, duration: float, max_in_flight: int = 256) -> dict[str, Any]:
     total = max(1, int(rate * duration))
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
     start = time.perf_counter()
 
-    def one(planned: float):
+    def one(planned: float) -> None:
         try:
             call()
             with lock:
@@ -85,39 +86,33 @@ def open_loop(call: Callable[[], None], rate: float, duration: float, max_in_fli
                 time.sleep(delay)
             pool.submit(one, planned)
     elapsed = time.perf_counter() - start
-    return {"requests": len(latencies), "errors": errors[0], "seconds": elapsed,
-            "throughput_rps": len(latencies) / elapsed if elapsed else 0.0, **_stats(latencies)}
+    return _run_stats(latencies, errors[0], elapsed)
 
 
-def make_inputs(client: ServingClient, model: str, batch_size: int, *, version=None, label=None, golden=None) -> dict[str, np.ndarray]:
-    if golden is not None:
-        count = len(next(iter(golden.values())))
+def make_inputs(client: ServingClient, model: str, batch_size: int, *, version: int | None = None, label: str | None = None,
+                inputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """A batch of ``batch_size`` samples: cycled from ``inputs`` when given, else generated from the served signature."""
+    if inputs is not None:
+        count = len(next(iter(inputs.values())))
         index = np.arange(batch_size) % count
-        return {k: v[index] for k, v in golden.items()}
+        return {k: v[index] for k, v in inputs.items()}
     signature = client.metadata(model, version=version, label=label).get("serving_default")
     if signature is None:
         raise TfshipError(f"{model} has no serving_default signature; pass --inputs X.npz")
-    rng = np.random.default_rng(0)
-    inputs = {}
-    for spec in signature.inputs:
-        shape = [batch_size] + [8 if d is None else d for d in spec.shape[1:]]
-        if spec.dtype == "string":
-            inputs[spec.name] = np.full(shape, b"x", dtype=object)
-        elif spec.dtype == "bool":
-            inputs[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
-        elif np.issubdtype(np.dtype(spec.dtype), np.integer):
-            inputs[spec.name] = rng.integers(0, 10, size=shape).astype(spec.dtype)
-        else:
-            inputs[spec.name] = rng.random(size=shape).astype(spec.dtype)
-    return inputs
+    return generate_inputs(signature, batch_size)
 
 
 def bench(client: ServingClient, model: str, *, concurrency: list[int], batch_sizes: list[int], duration: float,
-          rate: float | None = None, version=None, label=None, golden=None) -> dict:
+          rate: float | None = None, version: int | None = None, label: str | None = None,
+          inputs: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """One run per batch size and concurrency level (closed loop), plus an open-loop run per batch size at ``rate``."""
     runs = []
     for batch_size in batch_sizes:
-        inputs = make_inputs(client, model, batch_size, version=version, label=label, golden=golden)
-        call = lambda: client.predict(inputs, model, version=version, label=label)  # noqa: E731
+        batch = make_inputs(client, model, batch_size, version=version, label=label, inputs=inputs)
+
+        def call(batch: dict[str, np.ndarray] = batch) -> None:
+            client.predict(batch, model, version=version, label=label)
+
         call()  # first request outside the measurement (connection set-up)
         if rate:
             runs.append({"mode": f"open@{rate:g}/s", "concurrency": 0, "batch_size": batch_size, **open_loop(call, rate, duration)})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class OutputComparison:
     # The largest absolute errors: (index, reference value, actual value, abs error), worst first.
     worst_cases: tuple[tuple[tuple[int, ...], float, float, float], ...] = ()
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("abs_errors_sample")
         data["worst_cases"] = [{"index": list(i), "reference": r, "actual": a, "abs_error": e} for i, r, a, e in self.worst_cases]
@@ -60,27 +61,29 @@ class Comparison:
     def failures(self) -> list[OutputComparison]:
         return [o for o in self.outputs if not o.passed]
 
-    def to_dict(self) -> dict:
-        return {"passed": self.passed, "outputs": [o.to_dict() for o in self.outputs]}
-
 
 def is_classifier_like(reference: np.ndarray) -> bool:
     return reference.ndim >= 2 and reference.shape[-1] > 1 and np.issubdtype(reference.dtype, np.floating)
 
 
+def _without_errors(name: str, reason: str, shape: tuple[int, ...], total: int, tolerance: Tolerance,
+                    failed: int = 0) -> OutputComparison:
+    """A result with no numeric error statistics: passed when ``reason`` is empty."""
+    return OutputComparison(name=name, passed=not reason, reason=reason, shape=shape, max_abs=0.0, p99_abs=0.0, max_rel=0.0,
+                            p99_rel=0.0, worst_index=(), worst_reference=0.0, worst_actual=0.0, failed_elements=failed,
+                            total_elements=total, nan_count=0, inf_count=0, top1_agreement=None, tolerance=tolerance)
+
+
 def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, tolerance: Tolerance) -> OutputComparison:
     reference = np.asarray(reference)
     actual = np.asarray(actual)
-    empty = dict(max_abs=0.0, p99_abs=0.0, max_rel=0.0, p99_rel=0.0, worst_index=(), worst_reference=0.0,
-                 worst_actual=0.0, failed_elements=0, nan_count=0, inf_count=0, top1_agreement=None)
     if reference.shape != actual.shape:
-        return OutputComparison(name=name, passed=False, reason=f"shape {list(actual.shape)} != expected {list(reference.shape)}",
-                                shape=tuple(actual.shape), total_elements=int(reference.size), tolerance=tolerance, **empty)
+        return _without_errors(name, f"shape {list(actual.shape)} != expected {list(reference.shape)}", tuple(actual.shape),
+                               int(reference.size), tolerance)
     if reference.dtype == object or actual.dtype == object or reference.dtype.kind in "SU":
         mismatched = int(np.sum(reference != actual))
-        return OutputComparison(name=name, passed=mismatched == 0, reason="" if mismatched == 0 else f"{mismatched} values differ",
-                                shape=tuple(actual.shape), total_elements=int(reference.size), tolerance=tolerance,
-                                **{**empty, "failed_elements": mismatched})
+        return _without_errors(name, f"{mismatched} values differ" if mismatched else "", tuple(actual.shape),
+                               int(reference.size), tolerance, failed=mismatched)
     ref = reference.astype(np.float64)
     act = actual.astype(np.float64)
     nan_count = int(np.isnan(act).sum())
@@ -99,8 +102,7 @@ def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, toleran
     if is_classifier_like(reference) and reference.size:
         top1 = float(np.mean(np.argmax(ref, axis=-1) == np.argmax(np.nan_to_num(act, nan=-np.inf), axis=-1)))
     if reference.size == 0:
-        return OutputComparison(name=name, passed=True, reason="", shape=tuple(actual.shape), total_elements=0,
-                                tolerance=tolerance, **empty)
+        return _without_errors(name, "", tuple(actual.shape), 0, tolerance)
     flat_worst = int(np.argmax(abs_err))
     worst_index = tuple(int(i) for i in np.unravel_index(flat_worst, abs_err.shape))
     max_abs = float(abs_err.reshape(-1)[flat_worst])
@@ -135,11 +137,7 @@ def compare_outputs(reference: Mapping[str, np.ndarray], actual: Mapping[str, np
     results = []
     for name in sorted(reference):
         if name not in actual:
-            results.append(OutputComparison(name=name, passed=False, reason="output missing from the answer", shape=(),
-                                            max_abs=0.0, p99_abs=0.0, max_rel=0.0, p99_rel=0.0, worst_index=(),
-                                            worst_reference=0.0, worst_actual=0.0, failed_elements=0,
-                                            total_elements=int(np.asarray(reference[name]).size), nan_count=0,
-                                            inf_count=0, top1_agreement=None, tolerance=tolerance))
+            results.append(_without_errors(name, "output missing from the answer", (), int(np.asarray(reference[name]).size), tolerance))
             continue
         results.append(compare_output(name, reference[name], actual[name], tolerance))
     return Comparison(outputs=tuple(results))

@@ -6,8 +6,11 @@ import html
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from tfship.client.validate import ValidationReport
 
 
 def svg_histogram(values: Iterable[float], title: str, *, log_x: bool = False, bins: int = 30, width: int = 520, height: int = 180) -> str:
@@ -34,7 +37,7 @@ def svg_histogram(values: Iterable[float], title: str, *, log_x: bool = False, b
             + "".join(bars) + axis + "</svg></figure>")
 
 
-def _table(headers: list[str], rows: list[list]) -> str:
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -46,7 +49,7 @@ td,th{{border:1px solid #bbb;padding:4px 8px;text-align:left}} .pass{{color:#171
 figure{{display:inline-block;margin:0.5em}}</style></head><body>{body}</body></html>"""
 
 
-def write_validation_report(directory: Path, report) -> dict[str, Path]:
+def write_validation_report(directory: Path, report: ValidationReport) -> dict[str, Path]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     data = report.to_dict()
@@ -84,7 +87,7 @@ def write_validation_report(directory: Path, report) -> dict[str, Path]:
     return {"json": json_path, "html": html_path}
 
 
-def write_bench_report(directory: Path, result: dict) -> dict[str, Path]:
+def write_bench_report(directory: Path, result: dict[str, Any]) -> dict[str, Path]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     json_path = directory / "bench.json"
@@ -99,7 +102,7 @@ def write_bench_report(directory: Path, result: dict) -> dict[str, Path]:
     return {"json": json_path, "html": html_path}
 
 
-def _throughput_chart(runs: list[dict], width: int = 520, height: int = 220) -> str:
+def _throughput_chart(runs: list[dict[str, Any]], width: int = 520, height: int = 220) -> str:
     if not runs:
         return ""
     top = max(r["throughput_rps"] for r in runs) or 1.0

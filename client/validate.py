@@ -9,38 +9,17 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from tfship.client.compare import Comparison, compare_outputs
-from tfship.client.grpc_client import ServingClient
+from tfship.client.grpc_client import Prediction, ServingClient
+from tfship.client.latency import LatencyStats
 from tfship.core.errors import PredictionMismatch, TfshipError
 from tfship.core.signature import Signature
 from tfship.core.tolerance import Tolerance
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    count: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    max_ms: float
-    samples_ms: tuple[float, ...] = field(default=(), repr=False)
-
-    @classmethod
-    def of(cls, seconds: list[float]) -> LatencyStats:
-        if not seconds:
-            return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0)
-        ms = np.asarray(seconds) * 1000
-        return cls(len(ms), float(np.percentile(ms, 50)), float(np.percentile(ms, 90)), float(np.percentile(ms, 99)),
-                   float(ms.mean()), float(ms.max()), tuple(float(x) for x in ms[:5000]))
-
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("count", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms")}
 
 
 @dataclass(frozen=True)
@@ -73,19 +52,22 @@ class ValidationReport:
 def predict_all(client: ServingClient, model: str, inputs: dict[str, np.ndarray], *, version: int | None = None,
                 label: str | None = None, batch_size: int = 32, concurrency: int = 4,
                 signature: str = "serving_default") -> tuple[dict[str, np.ndarray], list[float], set[int]]:
-    count = len(next(iter(inputs.values())))
-    starts = list(range(0, count, batch_size))
+    """Predict every sample in batches, ``concurrency`` requests in flight.
 
-    def one(start: int):
+    Returns the outputs in input order, each request's duration (seconds), and the versions that answered.
+    """
+    count = len(next(iter(inputs.values())))
+
+    def one(start: int) -> tuple[Prediction, float]:
         part = {k: v[start:start + batch_size] for k, v in inputs.items()}
         began = time.perf_counter()
-        outputs, served = client.predict_with_version(part, model, version=version, label=label, signature=signature)
-        return start, outputs, time.perf_counter() - began, served
+        prediction = client.predict(part, model, version=version, label=label, signature=signature)
+        return prediction, time.perf_counter() - began
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        results = sorted(pool.map(one, starts), key=lambda r: r[0])
-    outputs = {name: np.concatenate([r[1][name] for r in results]) for name in results[0][1]}
-    return outputs, [r[2] for r in results], {r[3] for r in results}
+        results = list(pool.map(one, range(0, count, batch_size)))  # map keeps the order of the batches
+    outputs = {name: np.concatenate([p[name] for p, _ in results]) for name in results[0][0]}
+    return outputs, [seconds for _, seconds in results], {p.version for p, _ in results}
 
 
 def validate(client: ServingClient, model: str, inputs: dict[str, np.ndarray], expected: dict[str, np.ndarray],
@@ -103,7 +85,8 @@ def validate(client: ServingClient, model: str, inputs: dict[str, np.ndarray], e
         return ValidationReport(client.target, model, requested, (), 0, problems, None, LatencyStats.of([]), 0.0, 0.0)
     began = time.perf_counter()
     actual, latencies, versions = predict_all(client, model, inputs, version=version, label=label,
-                                              batch_size=batch_size, concurrency=concurrency)
+                                              batch_size=batch_size, concurrency=concurrency,
+                                              signature=expected_signature.key if expected_signature else "serving_default")
     seconds = time.perf_counter() - began
     comparison = compare_outputs(expected, actual, tolerance)
     count = len(next(iter(inputs.values())))

@@ -3,14 +3,15 @@
 ``SSLConfig`` (tensorflow_serving/config/ssl_config.proto), ``MonitoringConfig``
 (monitoring_config.proto) and ``BatchingParameters`` (servables/tensorflow/session_bundle_config.proto)
 are read by ``tensorflow_model_server`` as text protos; they are declared here with the official field
-names, numbers and types, in a private pool, so tfship writes and parses the same text format.
+names, numbers and types, in tfship's one private descriptor pool (``tfship.core.protos.POOL``), so
+tfship writes and parses the same text format.
 """
 
 from __future__ import annotations
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+from google.protobuf import descriptor_pb2
 
-from tfship.core.protos import add_field
+from tfship.core.protos import add_field, add_file, message_class
 
 _fp = descriptor_pb2.FileDescriptorProto(name="tfship/serving_config.proto", package="tensorflow.serving", syntax="proto3")
 _fp.dependency.append("google/protobuf/wrappers.proto")
@@ -37,10 +38,8 @@ add_field(_batch, "thread_pool_name", 5, "message", type_name=".google.protobuf.
 add_field(_batch, "allowed_batch_sizes", 6, "int64", repeated=True, packed=True)
 add_field(_batch, "pad_variable_length_inputs", 7, "bool")
 
-POOL = descriptor_pool.DescriptorPool()
-POOL.Add(descriptor_pb2.FileDescriptorProto.FromString(wrappers_pb2.DESCRIPTOR.serialized_pb))
-POOL.Add(_fp)
+add_file(_fp)
 
-SSLConfig = message_factory.GetMessageClass(POOL.FindMessageTypeByName("tensorflow.serving.SSLConfig"))
-MonitoringConfig = message_factory.GetMessageClass(POOL.FindMessageTypeByName("tensorflow.serving.MonitoringConfig"))
-BatchingParameters = message_factory.GetMessageClass(POOL.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+SSLConfig = message_class("tensorflow.serving.SSLConfig")
+MonitoringConfig = message_class("tensorflow.serving.MonitoringConfig")
+BatchingParameters = message_class("tensorflow.serving.BatchingParameters")

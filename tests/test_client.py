@@ -7,7 +7,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from conftest import ROOT, copy_repo, free_port, run_cli
@@ -15,7 +19,7 @@ from engine_helpers import self_signed, start_engine
 
 # --- wire compatibility ---------------------------------------------------------------------------
 
-def _official(full_name: str):
+def _official(full_name: str) -> Any:
     from google.protobuf import descriptor_pool
     from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2  # noqa: F401 (registers)
 
@@ -90,7 +94,6 @@ def test_codec_agrees_with_tensorflow_both_ways(dtype):
     else:
         value = (rng.random((2, 3, 4)) * 100).astype(dtype)
     ours = to_tensor_proto(value)
-    from_tf = tf.make_ndarray(tf.make_tensor_proto(value))  # noqa: F841 (tensorflow accepts the same value)
     decoded_by_tf = tf.make_ndarray(type(tf.make_tensor_proto(value)).FromString(ours.SerializeToString()))
     their_proto = protos.TensorProto.FromString(tf.make_tensor_proto(value).SerializeToString())
     decoded_by_us = to_ndarray(their_proto)
@@ -239,6 +242,15 @@ def test_bench_closed_and_open_loop(engine_repo, tmp_path):
     assert "<svg" in (tmp_path / "b" / "bench.html").read_text()
 
 
+def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait for a state with a deadline (not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not reached within {timeout:g}s"
+        pause.wait(0.02)
+
+
 def test_retries_survive_a_server_restart(signed_repo, tmp_path):
     from tfship.client.grpc_client import ServingClient
     from tfship.serving.local_engine import LocalEngine, ModelConfig
@@ -247,31 +259,126 @@ def test_retries_survive_a_server_restart(signed_repo, tmp_path):
     port = free_port()
     first = LocalEngine([ModelConfig("digits", repo / "digits")], grpc_port=port, rest_port=None).start()
     images = np.load(repo / "digits" / "1" / "golden.npz")["inputs/image"][:1]
-    client = ServingClient(f"127.0.0.1:{port}", timeout=20)
-    assert client.predict({"image": images}, "digits")["probabilities"].shape == (1, 10)
-    first.stop(grace=0)
-    holder = {}
-
-    def restart():
-        time.sleep(1.0)
-        holder["engine"] = LocalEngine([ModelConfig("digits", repo / "digits")], grpc_port=port, rest_port=None).start()
-
-    thread = threading.Thread(target=restart)
-    thread.start()
+    client = ServingClient(f"127.0.0.1:{port}", timeout=30)
+    second = None
     try:
-        # Issued while the server is down: retried with backoff within the deadline, answered after the restart.
-        began = time.monotonic()
         assert client.predict({"image": images}, "digits")["probabilities"].shape == (1, 10)
-        assert time.monotonic() - began >= 0.9  # it really waited for the restart
+        first.stop(grace=0)
+        with futures.ThreadPoolExecutor(1) as pool:
+            # Issued while the server is down: the call waits for a connection within its deadline...
+            pending = pool.submit(client.predict, {"image": images}, "digits")
+            _wait_until(lambda: client.connectivity is grpc.ChannelConnectivity.TRANSIENT_FAILURE, 20,
+                        "the client trying to reconnect to the stopped server")
+            assert not pending.done()
+            # ...and is answered once the server is back on the same port.
+            second = LocalEngine([ModelConfig("digits", repo / "digits")], grpc_port=port, rest_port=None).start()
+            assert pending.result(timeout=30)["probabilities"].shape == (1, 10)
     finally:
-        thread.join()
         client.close()
-        if "engine" in holder:
-            holder["engine"].stop(grace=0)
+        if second is not None:
+            second.stop(grace=0)
+
+
+class CountingPredictionService:
+    """A real gRPC PredictionService on loopback (TF Serving's official stubs) that records every call
+    and answers each one with UNAVAILABLE, or with a fixed output and version."""
+
+    def __init__(self, *, unavailable: bool) -> None:
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self.unavailable = unavailable
+        self.requests: list = []
+        self._lock = threading.Lock()
+        servicer = type("Servicer", (prediction_service_pb2_grpc.PredictionServiceServicer,), {"Predict": self._predict})()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def _predict(self, request, context):
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        with self._lock:
+            self.requests.append(request)
+        if self.unavailable:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "draining for a restart")
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = 7
+        for name in list(request.output_filter) or ["y", "z"]:
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(np.array([[1.5, 2.5]], dtype=np.float32)))
+        return response
+
+    @property
+    def calls(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+    def stop(self) -> None:
+        self.server.stop(grace=None)
+
+
+@pytest.fixture
+def counting_service():
+    services = []
+
+    def make(*, unavailable: bool) -> CountingPredictionService:
+        services.append(CountingPredictionService(unavailable=unavailable))
+        return services[-1]
+
+    yield make
+    for service in services:
+        service.stop()
+
+
+@pytest.mark.parametrize("retries", [0, 1, 4])
+def test_unavailable_is_tried_exactly_retries_plus_one_times(counting_service, retries):
+    from tfship.client.grpc_client import ServingClient
+    from tfship.core.errors import ServerUnavailable
+
+    service = counting_service(unavailable=True)
+    with ServingClient(f"127.0.0.1:{service.port}", timeout=20, retries=retries) as client, \
+            pytest.raises(ServerUnavailable) as raised:
+        client.predict({"x": np.zeros((1, 2), np.float32)}, "m")
+    assert service.calls == retries + 1
+    assert raised.value.code == "UNAVAILABLE" and raised.value.exit_code == 4
+    assert "draining for a restart" in raised.value.message
+
+
+def test_retries_are_bounded_by_what_grpc_allows():
+    from tfship.client.grpc_client import ServingClient
+    from tfship.core.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"retries=5: expected 0 to 4"):
+        ServingClient("127.0.0.1:1", retries=5)
+
+
+def test_retries_zero_fails_at_once_when_nothing_listens():
+    from tfship.client.grpc_client import ServingClient
+    from tfship.core.errors import ServerUnavailable
+
+    began = time.monotonic()
+    with ServingClient(f"127.0.0.1:{free_port()}", timeout=20, retries=0) as client, pytest.raises(ServerUnavailable) as raised:
+        client.status("digits")
+    assert time.monotonic() - began < 10  # one attempt, not a wait for the 20 s deadline
+    assert raised.value.code == "UNAVAILABLE" and "Connection refused" in raised.value.message
+
+
+def test_predict_sends_output_filter_and_reports_the_answering_version(counting_service):
+    from tfship.client.grpc_client import ServingClient
+
+    service = counting_service(unavailable=False)
+    with ServingClient(f"127.0.0.1:{service.port}", timeout=20) as client:
+        prediction = client.predict({"x": np.zeros((1, 2), np.float32)}, "m", label="stable", output_filter=["y"])
+    assert list(service.requests[0].output_filter) == ["y"] and service.requests[0].model_spec.version_label == "stable"
+    assert prediction.version == 7 and list(prediction) == ["y"]
+    np.testing.assert_array_equal(prediction["y"], [[1.5, 2.5]])
 
 
 def test_client_tls_and_mtls(signed_repo, tmp_path):
     from tfship.client.grpc_client import ServingClient
+    from tfship.core.errors import ServerUnavailable
     from tfship.serving.local_engine import TlsOptions
 
     key, cert = self_signed(tmp_path / "server")
@@ -284,8 +391,42 @@ def test_client_tls_and_mtls(signed_repo, tmp_path):
         result = run_cli("validate", "--target", f"localhost:{engine.grpc_port}", "--model", "digits", "--golden", golden,
                          "--version", "1", "--root-certificates", cert, "--private-key", client_key, "--certificate-chain", client_cert)
         assert result.exit_code == 0, result.stderr
-        with ServingClient(f"localhost:{engine.grpc_port}", root_certificates=cert.read_bytes(), timeout=3, retries=2) as no_cert:
-            with pytest.raises(Exception):
-                no_cert.status("digits")
+        # Without a client certificate the server refuses the TLS handshake: no connection is ever made.
+        with ServingClient(f"localhost:{engine.grpc_port}", root_certificates=cert.read_bytes(), timeout=3, retries=0) as no_cert, \
+                pytest.raises(ServerUnavailable) as refused:
+            no_cert.status("digits")
+        assert refused.value.code == "UNAVAILABLE" and refused.value.exit_code == 4, refused.value.message
+        with ServingClient(f"localhost:{engine.grpc_port}", root_certificates=cert.read_bytes(), timeout=3) as no_cert, \
+                pytest.raises(ServerUnavailable) as unreachable:
+            no_cert.status("digits")
+        assert unreachable.value.code == "DEADLINE_EXCEEDED" and "not reachable" in unreachable.value.message
     finally:
         engine.stop(grace=0)
+
+
+def test_validate_refuses_golden_outputs_with_other_inputs(signed_repo, tmp_path):
+    # The golden outputs were computed from the golden inputs: with other inputs they are not the expected answers.
+    golden = signed_repo["repo"] / "digits" / "1" / "golden.npz"
+    other = tmp_path / "other.npz"
+    np.savez(other, image=np.ones((4, 8, 8, 1), np.float32))
+    result = run_cli("validate", "--target", f"127.0.0.1:{free_port()}", "--model", "digits", "--golden", golden,
+                     "--inputs", other, "--report", tmp_path / "report")
+    assert result.exit_code == 2, result.stderr
+    assert "--inputs goes with --original" in result.stderr and "--golden carries its own inputs" in result.stderr
+    assert not (tmp_path / "report").exists()
+
+
+def test_bad_inputs_files_are_refused_in_one_line(tmp_path):
+    target = f"127.0.0.1:{free_port()}"
+    missing = run_cli("compare", "--target", target, "--model", "m", "--a", "1", "--b", "2", "--inputs", tmp_path / "nope.npz")
+    assert missing.exit_code == 2 and f"--inputs {tmp_path / 'nope.npz'}: file not found" in missing.stderr
+    (tmp_path / "text.npz").write_text("not numpy")
+    unreadable = run_cli("bench", "--target", target, "--model", "m", "--inputs", tmp_path / "text.npz")
+    assert unreadable.exit_code == 1 and "not a readable .npz file" in unreadable.stderr
+    assert len(unreadable.stderr.strip().splitlines()) == 1
+    np.savez(tmp_path / "ragged.npz", a=np.zeros((3, 2)), b=np.zeros((4, 2)))
+    ragged = run_cli("compare", "--target", target, "--model", "m", "--a", "1", "--b", "2", "--inputs", tmp_path / "ragged.npz")
+    assert ragged.exit_code == 2 and "leading sample dimension of the same size" in ragged.stderr
+    np.savez(tmp_path / "objects.npz", a=np.array([{"x": 1}], dtype=object))
+    pickled = run_cli("compare", "--target", target, "--model", "m", "--a", "1", "--b", "2", "--inputs", tmp_path / "objects.npz")
+    assert pickled.exit_code == 1 and "not a readable .npz file" in pickled.stderr

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -10,12 +12,15 @@ from tfship import render
 from tfship.command import command
 from tfship.core.errors import UsageError
 
+if TYPE_CHECKING:
+    from tfship.client.grpc_client import ServingClient
 
-def _client_options(fn):
+
+def _client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--target", required=True, help="TF Serving gRPC endpoint, HOST:PORT."),
         click.option("--model", required=True, help="Model name on the server."),
-        click.option("--timeout", type=float, default=30.0, show_default=True, help="Deadline of each call (seconds)."),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True, help="Deadline of each call (seconds)."),
         click.option("--root-certificates", type=click.Path(exists=True, path_type=Path), help="CA certificate (PEM): use TLS."),
         click.option("--private-key", type=click.Path(exists=True, path_type=Path), help="Client key (PEM) for mTLS."),
         click.option("--certificate-chain", type=click.Path(exists=True, path_type=Path), help="Client certificate (PEM) for mTLS."),
@@ -26,10 +31,13 @@ def _client_options(fn):
     return fn
 
 
-def _client(target, timeout, root_certificates, private_key, certificate_chain, server_name):
+def _client(target: str, timeout: float, root_certificates: Path | None, private_key: Path | None,
+            certificate_chain: Path | None, server_name: str | None) -> ServingClient:
     from tfship.client.grpc_client import ServingClient
 
-    read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+    def read(path: Path | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
     return ServingClient(target, timeout=timeout, root_certificates=read(root_certificates), private_key=read(private_key),
                          certificate_chain=read(certificate_chain), server_name=server_name)
 
@@ -40,7 +48,7 @@ def _version_or_label(value: str | None) -> tuple[int | None, str | None]:
     return (int(value), None) if value.isdigit() else (None, value)
 
 
-def _render_validate(console, data) -> None:
+def _render_validate(console: Any, data: dict[str, Any]) -> None:
     verdict = "PASS" if data["passed"] else "FAIL"
     console.print(f"{verdict}: {data['model']} at {data['target']} ({data['requested']}; served version(s) "
                   f"{', '.join(map(str, data['served_versions'])) or '-'}), {data['samples']} samples")
@@ -63,9 +71,9 @@ def _render_validate(console, data) -> None:
 @_client_options
 @click.option("--version", "version", type=int, help="Validate this version.")
 @click.option("--label", help="Validate the version behind this label.")
-@click.option("--golden", type=click.Path(path_type=Path), help="golden.npz of the exported version (or its directory).")
+@click.option("--golden", type=click.Path(path_type=Path), help="golden.npz of the exported version (or its directory): its inputs and the original's outputs.")
 @click.option("--original", type=click.Path(path_type=Path), help="Original model file; predictions computed locally (needs TensorFlow).")
-@click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), help="Inputs (.npz) to use with --original.")
+@click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), help="Inputs (.npz) to use with --original (not with --golden, which carries its own).")
 @click.option("--architecture", help="With a weights-only --original: arch.json or module:build_fn.")
 @click.option("--rtol", type=float, default=1e-5, show_default=True)
 @click.option("--atol", type=float, default=1e-5, show_default=True)
@@ -79,7 +87,7 @@ def validate_cmd(target, model, timeout, root_certificates, private_key, certifi
 
     Exit 0 pass, 3 mismatch (signature or values), 4 server or model unavailable, 1 error.
     """
-    from tfship.client.golden import load_arrays, load_golden
+    from tfship.client.golden import load_golden
     from tfship.client.report import write_validation_report
     from tfship.client.validate import raise_for, validate
     from tfship.core.errors import EXIT_MISMATCH, PredictionMismatch
@@ -89,10 +97,14 @@ def validate_cmd(target, model, timeout, root_certificates, private_key, certifi
         raise UsageError("give --version or --label, not both")
     if golden and original:
         raise UsageError("give --golden, or --original with --inputs, not both")
+    if golden and inputs_path:
+        # The golden outputs belong to the golden inputs: other inputs need their expected outputs computed.
+        raise UsageError("--inputs goes with --original (the expected outputs are computed from it); "
+                         "--golden carries its own inputs and outputs: drop --inputs, or give --original SOURCE instead of --golden")
     if original:
         if not inputs_path:
             raise UsageError("--original needs --inputs X.npz")
-        from tfship.exporter.samples import load_npz_inputs
+        from tfship.core.samples import load_npz_inputs
         from tfship.exporter.sources import load_source
 
         loaded = load_source(original, architecture=architecture)
@@ -103,8 +115,6 @@ def validate_cmd(target, model, timeout, root_certificates, private_key, certifi
         golden_set = load_golden(golden)
         inputs, expected = golden_set.inputs, golden_set.outputs
         signature = golden_set.signature
-        if inputs_path:
-            inputs = {k: v for k, v in load_arrays(inputs_path).items()}
     else:
         raise UsageError("give --golden models/NAME/VERSION/golden.npz, or --original SOURCE --inputs X.npz")
     with _client(target, timeout, root_certificates, private_key, certificate_chain, server_name) as client:
@@ -122,7 +132,7 @@ def validate_cmd(target, model, timeout, root_certificates, private_key, certifi
     return data
 
 
-def _render_compare(console, data) -> None:
+def _render_compare(console: Any, data: dict[str, Any]) -> None:
     console.print(f"{data['model']}: A = {data['a']} (version {data['a_version']}), B = {data['b']} (version {data['b_version']}), {data['samples']} samples")
     rows = [[o["name"], "agree" if o["passed"] else "DIFFER", render.fmt_float(o["max_abs"]), render.fmt_float(o["max_rel"]),
              "-" if o["top1_agreement"] is None else f"{o['top1_agreement']:.4f}"] for o in data["outputs"]]
@@ -143,12 +153,12 @@ def _render_compare(console, data) -> None:
 def compare_cmd(target, model, timeout, root_certificates, private_key, certificate_chain, server_name, a, b, inputs_path, rtol, atol, batch_size):
     """Send the same inputs to two versions or labels of MODEL and compare their answers (canary against stable)."""
     from tfship.client.compare import compare_outputs
-    from tfship.client.golden import load_arrays
-    from tfship.client.validate import LatencyStats, predict_all
+    from tfship.client.latency import LatencyStats
+    from tfship.client.validate import predict_all
+    from tfship.core.samples import load_inputs
     from tfship.core.tolerance import Tolerance
 
-    arrays = load_arrays(inputs_path)
-    inputs = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("inputs/")} or arrays
+    inputs = load_inputs(inputs_path)
     a_version, a_label = _version_or_label(a)
     b_version, b_label = _version_or_label(b)
     with _client(target, timeout, root_certificates, private_key, certificate_chain, server_name) as client:
@@ -161,7 +171,7 @@ def compare_cmd(target, model, timeout, root_certificates, private_key, certific
             "a_latency": LatencyStats.of(a_lat).to_dict(), "b_latency": LatencyStats.of(b_lat).to_dict()}
 
 
-def _render_bench(console, data) -> None:
+def _render_bench(console: Any, data: dict[str, Any]) -> None:
     rows = [[r["mode"], r["concurrency"] or "-", r["batch_size"], r["requests"], r["errors"], f"{r['throughput_rps']:.1f}",
              f"{r['throughput_rps'] * r['batch_size']:.1f}", f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}"] for r in data["runs"]]
     console.print(render.table(f"{data['model']} at {data['target']}", ["mode", "concurrency", "batch", "requests", "errors",
@@ -185,8 +195,8 @@ def bench_cmd(target, model, timeout, root_certificates, private_key, certificat
               concurrency, batch_sizes, duration, rate, inputs_path, report_dir):
     """Latency percentiles and throughput of MODEL at TARGET per concurrency level and batch size."""
     from tfship.client.bench import bench
-    from tfship.client.golden import load_arrays
     from tfship.client.report import write_bench_report
+    from tfship.core.samples import load_inputs
 
     try:
         levels = [int(v) for v in concurrency.split(",") if v.strip()]
@@ -195,14 +205,11 @@ def bench_cmd(target, model, timeout, root_certificates, private_key, certificat
         raise UsageError("--concurrency and --batch-size take comma-separated integers") from None
     if not levels or not sizes or min(levels + sizes) < 1:
         raise UsageError("--concurrency and --batch-size need positive integers")
-    golden = None
-    if inputs_path:
-        arrays = load_arrays(inputs_path)
-        golden = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("inputs/")} or arrays
+    inputs = load_inputs(inputs_path) if inputs_path else None
     with _client(target, timeout, root_certificates, private_key, certificate_chain, server_name) as client:
         client.wait_until_available(model, timeout=timeout)
         data = bench(client, model, concurrency=levels, batch_sizes=sizes, duration=duration, rate=rate,
-                     version=version, label=label, golden=golden)
+                     version=version, label=label, inputs=inputs)
     if report_dir:
         data["report"] = {k: str(v) for k, v in write_bench_report(report_dir, data).items()}
     return data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -45,7 +46,7 @@ def sign_cmd(directory, key, password, certificate, certificate_chain, sigstore)
     return {"directory": str(directory), "signature": str(path)}
 
 
-def _render_verify(console, data) -> None:
+def _render_verify(console: Any, data: dict[str, Any]) -> None:
     console.print(f"verified: {data['directory']}" if data["ok"] else f"NOT verified: {data['directory']}: {data['reason']}")
 
 

@@ -12,12 +12,12 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from tfship import render
-from tfship.core.errors import EXIT_ERROR, TfshipError, UsageError
+from tfship.core.errors import EXIT_ERROR, TfshipError, UsageError, first_line
 
 log = logging.getLogger("tfship")
 
@@ -44,15 +44,15 @@ def configure_logging(verbose: int, quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR if verbose < 2 else logging.INFO)
 
 
-def command(name: str, human: Callable[[Any, Any], None] | None = None):
+def command(name: str, human: Callable[[Any, Any], None] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Wrap a command: run it, render its result (table or JSON envelope), map errors to exit codes.
 
     The wrapped function returns ``(data, exit_code)`` or ``data`` (exit code 0).
     """
 
-    def decorate(fn):
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
-        def wrapper(*args, json_output: bool = False, **kwargs):
+        def wrapper(*args: Any, json_output: bool = False, **kwargs: Any) -> NoReturn:
             try:
                 outcome = fn(*args, **kwargs)
             except TfshipError as exc:
@@ -66,8 +66,7 @@ def command(name: str, human: Callable[[Any, Any], None] | None = None):
             except Exception as exc:  # a bug or an unexpected library failure
                 if State.debug:
                     traceback.print_exc()
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                fail(name, f"unexpected {type(exc).__name__}: {first[:300]} (rerun with --debug for the traceback)", EXIT_ERROR, json_output)
+                fail(name, f"unexpected {type(exc).__name__}: {first_line(exc)} (rerun with --debug for the traceback)", EXIT_ERROR, json_output)
             data, code = outcome if isinstance(outcome, tuple) else (outcome, 0)
             if json_output:
                 render.print_json(render.envelope(name, code == 0, code, data))
@@ -80,7 +79,7 @@ def command(name: str, human: Callable[[Any, Any], None] | None = None):
     return decorate
 
 
-def fail(name: str, message: str, code: int, json_output: bool):
+def fail(name: str, message: str, code: int, json_output: bool) -> NoReturn:
     if State.debug and sys.exc_info()[0] is not None and code != 130:
         traceback.print_exc()
     if json_output:

@@ -1,5 +1,5 @@
 """The vocabulary every part of tfship shares: errors with exit codes, signatures, tolerances, TF Serving's
-wire messages and the numpy <-> TensorProto codec, and signing.
+wire messages and the numpy <-> TensorProto codec, sample inputs (``.npz`` and generated), and signing.
 
 The core imports none of ``tfship.exporter``, ``tfship.serving`` or ``tfship.client``, and never tensorflow.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tfship.core.errors import (
     ExportError,
+    ModelLoadFailed,
     PredictionMismatch,
     RpcError,
     ServerUnavailable,
@@ -22,6 +23,7 @@ from tfship.core.tolerance import Tolerance
 
 __all__ = [
     "ExportError",
+    "ModelLoadFailed",
     "PredictionMismatch",
     "RpcError",
     "ServerUnavailable",

@@ -6,7 +6,6 @@ and exits with ``exit_code``.
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_MISMATCH = 3
@@ -50,7 +49,27 @@ class PredictionMismatch(TfshipError):
 
 
 class ServerUnavailable(TfshipError):
+    """The server could not be reached, or the model is not available on it.
+
+    ``code`` is the gRPC status code name when a call produced this error (``UNAVAILABLE``,
+    ``DEADLINE_EXCEEDED``), empty otherwise.
+    """
+
     exit_code = EXIT_UNAVAILABLE
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ModelLoadFailed(ServerUnavailable):
+    """A model version ended in END with an error: waiting longer will not make it available."""
+
+    def __init__(self, message: str, *, version: int, error_code: str, error_message: str) -> None:
+        super().__init__(message)
+        self.version = version
+        self.error_code = error_code
+        self.error_message = error_message
 
 
 class SignatureError(TfshipError):
@@ -67,3 +86,15 @@ class RpcError(TfshipError):
         self.code = code
         self.details = details
         self.method = method
+
+
+def first_line(error: BaseException | str, limit: int = 300) -> str:
+    """The first non-empty line of an exception's text (or of a string), at most ``limit`` characters.
+
+    An exception without text is named by its class, so the result is never empty for an exception.
+    """
+    text = error if isinstance(error, str) else str(error)
+    line = next((part.strip() for part in text.strip().splitlines() if part.strip()), "")
+    if not line and isinstance(error, BaseException):
+        line = type(error).__name__
+    return line[:limit]

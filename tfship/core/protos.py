@@ -7,11 +7,15 @@ Fields the client never reads (resource handles, variants, sparse tensor infos) 
 keeps them as unknown fields, so nothing is lost in a round trip. ``tests/test_protos.py`` checks every
 field against the official descriptors.
 
-The descriptors live in a private pool: a process that also imports tensorflow (the local engine, the
-tests) registers the official ones in the default pool, and the two must not collide.
+The descriptors live in one private pool, ``POOL``: a process that also imports tensorflow (the local
+engine, the tests) registers the official ones in the default pool, and the two must not collide.
+Other parts declare their extra messages into the same pool with ``add_file`` (the serving config
+messages in ``tfship.serving.config_protos``), so there is one private pool in the process.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
 
@@ -48,7 +52,8 @@ ERROR_CODES = {
 MODEL_VERSION_STATES = {"UNKNOWN": 0, "START": 10, "LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
 
 
-def add_field(msg, name, number, kind, *, repeated=False, type_name=None, oneof=None, packed=None):
+def add_field(msg: Any, name: str, number: int, kind: str, *, repeated: bool = False, type_name: str | None = None,
+              oneof: int | None = None, packed: bool | None = None) -> Any:
     f = msg.field.add(name=name, number=number)
     f.label = _F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL
     if kind in _SCALAR:
@@ -66,7 +71,7 @@ def add_field(msg, name, number, kind, *, repeated=False, type_name=None, oneof=
     return f
 
 
-def _map(msg, name, number, value_kind, value_type=None):
+def _map(msg: Any, name: str, number: int, value_kind: str, value_type: str | None = None) -> None:
     entry_name = "".join(p.capitalize() for p in name.split("_")) + "Entry"
     entry = msg.nested_type.add(name=entry_name)
     entry.options.map_entry = True
@@ -76,13 +81,13 @@ def _map(msg, name, number, value_kind, value_type=None):
     # A map field's type name must be fully qualified; fixed up by qualify below.
 
 
-def _enum(container, name, values):
+def _enum(container: Any, name: str, values: dict[str, int]) -> None:
     e = container.enum_type.add(name=name)
     for value_name, number in values.items():
         e.value.add(name=value_name, number=number)
 
 
-def qualify(file_proto):
+def qualify(file_proto: descriptor_pb2.FileDescriptorProto) -> None:
     """Turn the '.Outer.Entry' shorthand of _map into fully qualified names."""
     for msg in file_proto.message_type:
         for f in msg.field:
@@ -90,7 +95,7 @@ def qualify(file_proto):
                 f.type_name = f".{file_proto.package}{f.type_name}"
 
 
-def _framework_file():
+def _framework_file() -> descriptor_pb2.FileDescriptorProto:
     fp = descriptor_pb2.FileDescriptorProto(name="tfship/tensorflow_framework.proto", package="tensorflow", syntax="proto3")
     _enum(fp, "DataType", DATA_TYPES)
 
@@ -133,13 +138,13 @@ def _framework_file():
     return fp
 
 
-def _error_file():
+def _error_file() -> descriptor_pb2.FileDescriptorProto:
     fp = descriptor_pb2.FileDescriptorProto(name="tfship/tensorflow_error.proto", package="tensorflow.error", syntax="proto3")
     _enum(fp, "Code", ERROR_CODES)
     return fp
 
 
-def _serving_file():
+def _serving_file() -> descriptor_pb2.FileDescriptorProto:
     fp = descriptor_pb2.FileDescriptorProto(name="tfship/tensorflow_serving.proto", package="tensorflow.serving", syntax="proto3")
     fp.dependency.extend([
         "tfship/tensorflow_framework.proto", "tfship/tensorflow_error.proto",
@@ -204,24 +209,31 @@ def _build_pool() -> descriptor_pool.DescriptorPool:
 POOL = _build_pool()
 
 
-def _cls(full_name: str):
+def add_file(file_proto: descriptor_pb2.FileDescriptorProto) -> None:
+    """Declare more messages in the private pool (its dependencies must be in the pool already)."""
+    qualify(file_proto)
+    POOL.Add(file_proto)
+
+
+def message_class(full_name: str) -> Any:
+    """The generated message class of ``full_name`` from the private pool."""
     return message_factory.GetMessageClass(POOL.FindMessageTypeByName(full_name))
 
 
-TensorShapeProto = _cls("tensorflow.TensorShapeProto")
-TensorProto = _cls("tensorflow.TensorProto")
-TensorInfo = _cls("tensorflow.TensorInfo")
-SignatureDef = _cls("tensorflow.SignatureDef")
-ModelSpec = _cls("tensorflow.serving.ModelSpec")
-PredictRequest = _cls("tensorflow.serving.PredictRequest")
-PredictResponse = _cls("tensorflow.serving.PredictResponse")
-SignatureDefMap = _cls("tensorflow.serving.SignatureDefMap")
-GetModelMetadataRequest = _cls("tensorflow.serving.GetModelMetadataRequest")
-GetModelMetadataResponse = _cls("tensorflow.serving.GetModelMetadataResponse")
-StatusProto = _cls("tensorflow.serving.StatusProto")
-GetModelStatusRequest = _cls("tensorflow.serving.GetModelStatusRequest")
-ModelVersionStatus = _cls("tensorflow.serving.ModelVersionStatus")
-GetModelStatusResponse = _cls("tensorflow.serving.GetModelStatusResponse")
+TensorShapeProto = message_class("tensorflow.TensorShapeProto")
+TensorProto = message_class("tensorflow.TensorProto")
+TensorInfo = message_class("tensorflow.TensorInfo")
+SignatureDef = message_class("tensorflow.SignatureDef")
+ModelSpec = message_class("tensorflow.serving.ModelSpec")
+PredictRequest = message_class("tensorflow.serving.PredictRequest")
+PredictResponse = message_class("tensorflow.serving.PredictResponse")
+SignatureDefMap = message_class("tensorflow.serving.SignatureDefMap")
+GetModelMetadataRequest = message_class("tensorflow.serving.GetModelMetadataRequest")
+GetModelMetadataResponse = message_class("tensorflow.serving.GetModelMetadataResponse")
+StatusProto = message_class("tensorflow.serving.StatusProto")
+GetModelStatusRequest = message_class("tensorflow.serving.GetModelStatusRequest")
+ModelVersionStatus = message_class("tensorflow.serving.ModelVersionStatus")
+GetModelStatusResponse = message_class("tensorflow.serving.GetModelStatusResponse")
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"

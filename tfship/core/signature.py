@@ -52,9 +52,6 @@ class Signature:
             outputs=tuple(TensorSpec.from_dict(s) for s in data["outputs"]),
         )
 
-    def input(self, name: str) -> TensorSpec | None:
-        return next((s for s in self.inputs if s.name == name), None)
-
     def differences(self, other: Signature) -> list[str]:
         """Human-readable differences between this (expected) signature and ``other`` (served)."""
         problems = []

@@ -2,24 +2,35 @@
 
 The signature, ``model.sig``, lives inside the signed directory, so it is passed to the library as an
 ignored path (the library does not exclude it by itself). By the library's design, paths starting with
-``.git`` are never hashed. Its failures come as plain ValueError / InvalidSignature / JSONDecodeError /
-FileNotFoundError whose text is often a Python list repr; every one of them means "not verified", and
-is turned into a sentence here.
+``.git`` are never hashed.
+
+The library decides whether a signature verifies; every exception it raises means "not verified".
+Its messages are not meant for people (a file-by-file difference arrives as a Python list repr), so
+the reason shown is built from values instead: the signature bundle's key hint and signed file
+digests (a Sigstore bundle whose DSSE payload is an in-toto statement listing every file), compared
+with the public key given and with the directory as ``model_signing.hashing`` hashes it now.
 """
 
 from __future__ import annotations
 
-import ast
+import base64
+import binascii
+import hashlib
+import json
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from tfship.core.errors import SignatureError, TfshipError, UsageError
+from tfship.core.errors import SignatureError, TfshipError, UsageError, first_line
 
 # The signature file sits inside the version it signs; model_signing is told to leave it out of the hash.
 SIGNATURE_FILE = "model.sig"
+# A bundle lists one digest per file: a few hundred bytes each. Refuse to parse anything far larger.
+MAX_SIGNATURE_BYTES = 64 << 20
+# How many file names one reason lists before it says "and N more".
+MAX_NAMES = 10
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +42,15 @@ class VerifyResult:
     reason: str = ""
 
 
-def _hashing_config(directory: Path):
+@dataclass(frozen=True)
+class _SignedContent:
+    """What a signature bundle says, read without trusting it: used only to explain a failed verification."""
+
+    key_hint: str  # SHA-256 of the signing key's public PEM (key-based signing), else ""
+    files: dict[str, str]  # signed file name -> hex digest; empty when the bundle does not list files
+
+
+def _hashing_config() -> Any:
     from model_signing import hashing
 
     # Relative ignored paths are resolved against the model directory by model_signing.
@@ -66,19 +85,17 @@ def sign(directory: Path, *, key: Path | None = None, password: str | bytes | No
                                                        certificate_chain=list(certificate_chain))
             else:
                 # model_signing 1.1.1 types the password as str but the key loader wants bytes.
-                config = config.use_elliptic_key_signer(private_key=key, password=_password_bytes(password))
+                config = config.use_elliptic_key_signer(private_key=key, password=_password_bytes(password))  # type: ignore[arg-type]
         except Exception as exc:  # wrong password, not a PEM key, not an EC key
-            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            text = first_line(exc)
             hint = " (wrong or missing password?)" if "password" in text.lower() or "decrypt" in text.lower() else ""
-            raise TfshipError(f"{key}: cannot use this private key: {text}{hint}") from None
+            raise TfshipError(f"{key}: cannot use this private key: {text}{hint}") from exc
     target = directory / SIGNATURE_FILE
     try:
-        config.set_hashing_config(_hashing_config(directory)).sign(directory, target)
-    except (UsageError, SignatureError):
-        raise
+        config.set_hashing_config(_hashing_config()).sign(directory, target)
     except Exception as exc:
         target.unlink(missing_ok=True)
-        raise SignatureError(f"{directory}: signing failed: {_readable(exc)}") from None
+        raise SignatureError(f"{directory}: signing failed: {type(exc).__name__}: {first_line(exc)}") from exc
     return target
 
 
@@ -96,66 +113,105 @@ def verify(directory: Path, *, public_key: Path | None = None, certificate_chain
     symlinks = [p for p in directory.rglob("*") if p.is_symlink()]
     if symlinks:
         return VerifyResult(directory, False, f"symbolic link in the model: {symlinks[0].relative_to(directory)}")
+    signed = _read_signed_content(signature)
+    if signed is None:
+        return VerifyResult(directory, False, f"the signature file is damaged ({SIGNATURE_FILE} is not a signature "
+                                              "bundle tfship can read): sign the model again")
     config = verifying.Config()
-    if sigstore_identity:
-        config = config.use_sigstore_verifier(identity=sigstore_identity, oidc_issuer=sigstore_issuer or "")
-    elif certificate_chain:
-        config = config.use_certificate_verifier(certificate_chain=list(certificate_chain))
-    elif public_key is not None:
-        if not Path(public_key).is_file():
-            raise UsageError(f"{public_key}: public key file not found")
-        config = config.use_elliptic_key_verifier(public_key=public_key)
-    else:
-        raise UsageError("verification needs a public key (--public-key / TFSHIP_PUBLIC_KEY) or a certificate chain")
     try:
-        config.set_hashing_config(_hashing_config(directory)).verify(directory, signature)
+        if sigstore_identity:
+            config = config.use_sigstore_verifier(identity=sigstore_identity, oidc_issuer=sigstore_issuer or "")
+        elif certificate_chain:
+            config = config.use_certificate_verifier(certificate_chain=list(certificate_chain))
+        elif public_key is not None:
+            if not Path(public_key).is_file():
+                raise UsageError(f"{public_key}: public key file not found")
+            config = config.use_elliptic_key_verifier(public_key=public_key)
+        else:
+            raise UsageError("verification needs a public key (--public-key / TFSHIP_PUBLIC_KEY) or a certificate chain")
+    except UsageError:
+        raise
+    except Exception as exc:  # not a PEM file, not an EC key, an unreadable certificate
+        what = public_key if public_key is not None else ", ".join(map(str, certificate_chain)) or "the verifier"
+        raise UsageError(f"{what}: cannot verify with it: {first_line(exc)}") from exc
+    try:
+        config.set_hashing_config(_hashing_config()).verify(directory, signature)
     except Exception as exc:  # every failure of the library means "not verified"
-        return VerifyResult(directory, False, _readable(exc))
+        log.debug("model_signing refused %s", directory, exc_info=True)
+        return VerifyResult(directory, False, _reason(exc, directory, signed, public_key))
     return VerifyResult(directory, True)
 
 
-def _readable(exc: BaseException) -> str:
-    """A sentence from model_signing's exceptions (whose text may be a list repr of differences)."""
-    name = type(exc).__name__
-    text = str(exc).strip()
-    if name == "InvalidSignature" or (not text and "Signature" in name):
-        return "the signature does not match the public key (signed with another key, or the signature was altered)"
-    if name == "JSONDecodeError" or "Expecting value" in text or "Unterminated string" in text:
-        return "the signature file is damaged (not valid JSON): sign the model again"
-    if isinstance(exc, FileNotFoundError):
-        return f"file missing: {exc.filename or text}"
-    changes = _parse_differences(text)
-    if changes:
-        return "; ".join(changes)
-    if text.startswith("Key mismatch"):
-        return "signed with another key: the signature's key does not match the public key given"
-    if "signature" in text.lower() and ("verif" in text.lower() or "invalid" in text.lower()):
-        return f"the signature does not verify: {text[:300]}"
-    return f"{name}: {text[:300]}" if text else name
+def _read_signed_content(signature: Path) -> _SignedContent | None:
+    """The key hint and file digests a signature bundle claims; None when it is not a readable bundle."""
+    try:
+        if signature.stat().st_size > MAX_SIGNATURE_BYTES:
+            return None
+        bundle = json.loads(signature.read_bytes())
+        statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"], validate=True))
+        predicate = statement["predicate"]
+        files = {}
+        if predicate["serialization"]["method"] == "files":
+            files = {str(r["name"]): str(r["digest"]) for r in predicate["resources"]}
+        hint = bundle.get("verificationMaterial", {}).get("publicKey", {}).get("hint", "")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error):  # JSONDecodeError is a ValueError
+        return None
+    return _SignedContent(str(hint), files)
 
 
-def _parse_differences(text: str) -> list[str]:
-    """model_signing says 'Signature mismatch: [...]' with a list repr; name each file that differs."""
-    if not text.startswith("Signature mismatch:"):
+def _public_key_hint(public_key: Path) -> str:
+    """The hint model_signing stores for a key: SHA-256 of its SubjectPublicKeyInfo PEM, in hex."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_public_key(Path(public_key).read_bytes())
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(pem).hexdigest()
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:MAX_NAMES])
+    return shown + (f" and {len(names) - MAX_NAMES} more" if len(names) > MAX_NAMES else "")
+
+
+def _file_changes(directory: Path, signed: _SignedContent) -> list[str]:
+    """Sentences naming each file added, missing or changed since signing (empty when none is found)."""
+    if not signed.files:
         return []
     try:
-        items = ast.literal_eval(text.split(":", 1)[1].strip())
-    except (ValueError, SyntaxError):
+        manifest = _hashing_config().hash(directory)
+        current = {str(rd.identifier): rd.digest.digest_hex for rd in manifest.resource_descriptors()}
+    except Exception:  # the directory cannot be hashed now: explain with the library's failure instead
+        log.debug("hashing %s to explain a failed verification failed", directory, exc_info=True)
         return []
-    messages = []
-    for item in items if isinstance(items, (list, tuple)) else [items]:
-        item = str(item)
-        files = item.split(": ", 1)[1] if ": " in item else item
-        if item.startswith("Extra files"):
-            messages.append(f"file added since signing: {files}")
-        elif item.startswith("Missing files"):
-            messages.append(f"file missing since signing: {files}")
-        elif item.startswith("Hash mismatch for"):
-            match = re.match(r"Hash mismatch for '(.*?)'", item)
-            messages.append(f"file changed since signing: {match.group(1) if match else item[:200]}")
-        else:
-            messages.append(item[:200])
-    return messages
+    added = sorted(current.keys() - signed.files.keys())
+    missing = sorted(signed.files.keys() - current.keys())
+    changed = sorted(name for name in current.keys() & signed.files.keys() if current[name] != signed.files[name])
+    sentences = []
+    for names, what in ((changed, "changed"), (added, "added"), (missing, "missing")):
+        if names:
+            sentences.append(f"{'file' if len(names) == 1 else 'files'} {what} since signing: {_names(names)}")
+    return sentences
+
+
+def _reason(exc: BaseException, directory: Path, signed: _SignedContent, public_key: Path | None) -> str:
+    """One readable sentence for a failed verification, from values rather than the library's message."""
+    from cryptography.exceptions import InvalidSignature
+
+    if public_key is not None and signed.key_hint:
+        try:
+            other_key = signed.key_hint != _public_key_hint(public_key)
+        except (OSError, ValueError, TypeError):
+            other_key = False
+        if other_key:
+            return "signed with another key: the signature's key does not match the public key given"
+    if isinstance(exc, InvalidSignature):
+        return "the signature does not match the public key (signed with another key, or the signature was altered)"
+    changes = _file_changes(directory, signed)
+    if changes:
+        return "; ".join(changes)
+    if isinstance(exc, FileNotFoundError):
+        return f"file missing: {exc.filename or first_line(exc)}"
+    return f"the signature does not verify ({type(exc).__name__}: {first_line(exc)})"
 
 
 def generate_keys(out: Path, *, password: str | None = None, force: bool = False) -> tuple[Path, Path]:
