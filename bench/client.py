@@ -80,6 +80,7 @@ def bench_validate(samples: int) -> tuple[float, float]:
     from tfship.client.validate import validate
     from tfship.core.tolerance import Tolerance
     from tfship.exporter import ExportOptions, export
+    from tfship.serving.readiness import wait_ready
 
     sys.path.insert(0, str(ROOT / "examples"))
     from train_digits import build_model
@@ -111,8 +112,8 @@ def bench_validate(samples: int) -> tuple[float, float]:
                                    "--tensorflow-intra-op-parallelism", "1", "--tensorflow-inter-op-parallelism", "1"],
                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
+            wait_ready(f"127.0.0.1:{port}", {"digits": []}, timeout=120, alive=lambda: engine.poll() is None)
             with ServingClient(f"127.0.0.1:{port}") as client:
-                client.wait_until_available("digits", timeout=120)
                 validate(client, "digits", inputs, expected, result.manifest.signature, Tolerance(1e-5, 1e-5),
                          batch_size=batch, concurrency=4)  # warm-up
                 began = time.perf_counter()

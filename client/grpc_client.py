@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,7 @@ import numpy as np
 
 from tfship.core import protos
 from tfship.core.codec import dtype_name, to_ndarray, to_tensor_proto
-from tfship.core.errors import ModelLoadFailed, RpcError, ServerUnavailable, UsageError
+from tfship.core.errors import RpcError, ServerUnavailable, UsageError
 from tfship.core.signature import Signature, TensorSpec
 
 MAX_MESSAGE_BYTES = 1 << 30  # TF Serving accepts about 2 GiB; 1 GiB keeps clear of int overflow
@@ -227,37 +226,6 @@ class ServingClient:
                           error_message=s.status.error_message)
             for s in response.model_version_status
         ]
-
-    def wait_until_available(self, model: str, *, timeout: float = 60.0, version: int | None = None,
-                             poll: float = 0.25) -> list[VersionStatus]:
-        """Block until ``model`` has an AVAILABLE version and none still loading.
-
-        Raises ModelLoadFailed as soon as the server reports a version in END with an error and none
-        AVAILABLE (waiting longer would not help), ServerUnavailable at the deadline.
-        """
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ServerUnavailable(f"{model} at {self.target} is not available after {timeout:g}s: {last}")
-            try:
-                states = self.status(model, version=version, timeout=min(5.0, max(remaining, 0.1)))
-            except ServerUnavailable as exc:
-                last = exc.message
-            except RpcError as exc:  # NOT_FOUND until the model's first version is being loaded
-                last = exc.message
-            else:
-                available = any(s.state == "AVAILABLE" for s in states)
-                failed = [s for s in states if s.state == "END" and s.error_code != "OK"]
-                if failed and not available:
-                    raise ModelLoadFailed(f"{model} version {failed[0].version} failed to load: {failed[0].error_message}",
-                                          version=failed[0].version, error_code=failed[0].error_code,
-                                          error_message=failed[0].error_message)
-                if available and all(s.state in ("AVAILABLE", "END") for s in states):
-                    return states
-                last = ", ".join(f"version {s.version} {s.state}" for s in states) or "no versions"
-            time.sleep(min(poll, max(deadline - time.monotonic(), 0)))
 
 
 def _signature_from_proto(key: str, sig: Any) -> Signature:

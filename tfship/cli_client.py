@@ -207,7 +207,6 @@ def bench_cmd(target, model, timeout, root_certificates, private_key, certificat
         raise UsageError("--concurrency and --batch-size need positive integers")
     inputs = load_inputs(inputs_path) if inputs_path else None
     with _client(target, timeout, root_certificates, private_key, certificate_chain, server_name) as client:
-        client.wait_until_available(model, timeout=timeout)
         data = bench(client, model, concurrency=levels, batch_sizes=sizes, duration=duration, rate=rate,
                      version=version, label=label, inputs=inputs)
     if report_dir:

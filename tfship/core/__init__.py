@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from tfship.core.errors import (
     ExportError,
-    ModelLoadFailed,
     PredictionMismatch,
     RpcError,
     ServerUnavailable,
@@ -23,7 +22,6 @@ from tfship.core.tolerance import Tolerance
 
 __all__ = [
     "ExportError",
-    "ModelLoadFailed",
     "PredictionMismatch",
     "RpcError",
     "ServerUnavailable",

@@ -62,16 +62,6 @@ class ServerUnavailable(TfshipError):
         self.code = code
 
 
-class ModelLoadFailed(ServerUnavailable):
-    """A model version ended in END with an error: waiting longer will not make it available."""
-
-    def __init__(self, message: str, *, version: int, error_code: str, error_message: str) -> None:
-        super().__init__(message)
-        self.version = version
-        self.error_code = error_code
-        self.error_message = error_message
-
-
 class SignatureError(TfshipError):
     exit_code = EXIT_SIGNATURE
 
