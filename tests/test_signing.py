@@ -177,3 +177,25 @@ def test_sign_key_from_the_environment(digits_model, keys, tmp_path):
                      env={"TFSHIP_SIGN_KEY": str(keys["private"])})
     assert result.exit_code == 0, result.stderr
     assert run_cli("verify", repo / "d" / "1", env={"TFSHIP_PUBLIC_KEY": str(keys["public"])}).exit_code == 0
+
+
+def test_many_changes_are_named_in_one_readable_line(signed_repo, keys, tmp_path):
+    version = shutil.copytree(signed_repo["repo"] / "digits" / "1", tmp_path / "v")
+    for i in range(12):
+        (version / f"extra{i:02d}.txt").write_text("x")
+    (version / "golden.npz").write_bytes(b"changed")
+    (version / "model.onnx").unlink()
+    result = run_cli("verify", version, "--public-key", keys["public"])
+    assert result.exit_code == 5
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "[" not in line
+    assert "file changed since signing: golden.npz" in line
+    assert "files added since signing: extra00.txt, extra01.txt" in line and "and 2 more" in line
+    assert "file missing since signing: model.onnx" in line
+
+
+def test_a_public_key_that_is_not_a_key_is_a_usage_error(signed_repo, tmp_path):
+    (tmp_path / "key.pub").write_text("not a PEM key\n")
+    result = run_cli("verify", signed_repo["repo"] / "digits" / "1", "--public-key", tmp_path / "key.pub")
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'key.pub'}: cannot verify with it" in result.stderr and len(result.stderr.strip().splitlines()) == 1
