@@ -14,6 +14,15 @@ HTTP_STATUS = {
 }
 
 
+# Messages quote what the client sent (a model name, a label); a status message of megabytes would
+# exceed what gRPC clients accept in trailing metadata (16 KiB by default) and only echo the attack.
+MAX_MESSAGE_CHARS = 2000
+
+
+def clipped(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "..."
+
+
 class EngineError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)

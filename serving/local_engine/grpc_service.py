@@ -7,21 +7,27 @@ model calls go to threads; a request costs no thread hand-off of its own.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
 
 from tfship.core.codec import to_tensor_proto
-from tfship.serving.local_engine.errors import EngineError, invalid
+from tfship.serving.local_engine.errors import EngineError, clipped, invalid
+from tfship.serving.local_engine.repeated_errors import RepeatedErrors
+
+log = logging.getLogger(__name__)
+errors_log = RepeatedErrors(log)
 
 
-async def _abort(context, exc: EngineError):
-    await context.abort(exc.code, exc.message)
+async def _abort(context: Any, exc: EngineError) -> None:
+    await context.abort(exc.code, clipped(exc.message))
 
 
-def build_servicers(core) -> tuple[Any, Any]:
+def build_servicers(core: Any) -> tuple[Any, Any]:
     from tensorflow_serving.apis import (
         get_model_metadata_pb2,
         get_model_status_pb2,
@@ -31,13 +37,13 @@ def build_servicers(core) -> tuple[Any, Any]:
         prediction_service_pb2_grpc,
     )
 
-    def spec_args(spec) -> dict:
+    def spec_args(spec: Any) -> dict[str, Any]:
         choice = spec.WhichOneof("version_choice")
         return {"version": spec.version.value if choice == "version" else None,
                 "label": spec.version_label if choice == "version_label" else None}
 
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-        async def _timed(self, api: str, model: str, coroutine, context):
+        async def _timed(self, api: str, model: str, coroutine: Awaitable[Any], context: Any) -> Any:
             started = time.perf_counter()
             try:
                 result = await coroutine
@@ -46,6 +52,10 @@ def build_servicers(core) -> tuple[Any, Any]:
             except EngineError as exc:
                 core.metrics.request(model, api, "GRPC", exc.code.name, (time.perf_counter() - started) * 1e6)
                 await _abort(context, exc)
+            except Exception as exc:  # a bug of ours: one log line per kind and interval, no traceback to the client
+                core.metrics.request(model, api, "GRPC", "INTERNAL", (time.perf_counter() - started) * 1e6)
+                errors_log.error(f"grpc:{api}:{type(exc).__name__}", f"gRPC {api} failed: {type(exc).__name__}: {str(exc)[:200]}", exc)
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
         async def Predict(self, request, context):
             async def run():
@@ -137,8 +147,8 @@ class _Unparsable:
         self.error = error
 
 
-def _safe_parser(message_cls):
-    def parse(data: bytes):
+def _safe_parser(message_cls: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
         try:
             return message_cls.FromString(data)
         except Exception as exc:  # DecodeError and friends: garbage on the wire
@@ -147,17 +157,24 @@ def _safe_parser(message_cls):
     return parse
 
 
-def _guarded(method):
-    async def handler(request, context):
+def _guarded(method: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def handler(request: Any, context: Any) -> Any:
         if isinstance(request, _Unparsable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"Could not parse the request as {request.type_name}: the wire format is corrupt")
-        return await method(request, context)
+        try:
+            return await method(request, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # a bug of ours: one log line per kind and interval, no traceback to the client
+            name = getattr(method, "__name__", "method")
+            errors_log.error(f"grpc:{name}:{type(exc).__name__}", f"gRPC {name} failed: {type(exc).__name__}: {str(exc)[:200]}", exc)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
     return handler
 
 
-def generic_handlers(prediction, model) -> tuple:
+def generic_handlers(prediction: Any, model: Any) -> tuple[Any, Any]:
     """The two services' method handlers, like the generated add_*_to_server, but a request that does
     not parse gets INVALID_ARGUMENT instead of gRPC's UNKNOWN and a traceback in the log."""
     from tensorflow_serving.apis import (

@@ -11,6 +11,10 @@ import bisect
 import threading
 from collections import defaultdict
 
+# Requests for a model the engine does not serve are counted under this one name: anyone can send any
+# name, and a label per name would let them grow the page without limit.
+UNKNOWN_MODEL = "<unknown>"
+
 # Microseconds, as TF Serving reports request latency.
 LATENCY_BUCKETS = (10, 18, 32, 58, 105, 190, 342, 616, 1110, 2000, 3600, 6480, 11700, 21000, 37800, 68000,
                    122000, 220000, 396000, 713000, 1280000, 2310000, 4160000, 7490000, 13500000, 24300000)
@@ -36,9 +40,16 @@ class Metrics:
         self._warmup_seconds: dict[tuple, float] = {}
         self._batches: dict[tuple, int] = defaultdict(int)
         self._batched_requests: dict[tuple, int] = defaultdict(int)
+        # Names get labels of their own once the engine loads (or fails to load) a version of them,
+        # which it does only for the models it is configured with.
+        self._models: set[str] = set()
+
+    def model_label(self, model: str) -> str:
+        return model if model in self._models else UNKNOWN_MODEL
 
     def request(self, model: str, api: str, entrypoint: str, status: str, micros: float) -> None:
         with self._lock:
+            model = self.model_label(model)
             self._requests[(("model_name", model), ("status", status))] += 1
             key = (("model_name", model), ("API", api), ("entrypoint", entrypoint))
             buckets = self._latency.setdefault(key, [0] * (len(LATENCY_BUCKETS) + 1))
@@ -48,6 +59,7 @@ class Metrics:
 
     def load(self, model: str, version: int, status: str, seconds: float, warmup_seconds: float) -> None:
         with self._lock:
+            self._models.add(model)
             self._loads[(("model_name", model), ("status", status))] += 1
             self._load_seconds[(("model_name", model), ("model_version", str(version)))] = seconds
             self._warmup_seconds[(("model_name", model), ("model_version", str(version)))] = warmup_seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -21,7 +22,7 @@ def tf_type_name(dtype_text: str) -> str:
     return _TF_TYPE_NAMES.get(dtype_text, dtype_text)
 
 
-def _fmt_set(names) -> str:
+def _fmt_set(names: Iterable[str]) -> str:
     return "{" + ",".join(sorted(names)) + "}"
 
 
@@ -94,7 +95,7 @@ def check_arrays(entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[s
     return result
 
 
-def check_output_filter(entry: SignatureEntry, output_filter) -> list[str]:
+def check_output_filter(entry: SignatureEntry, output_filter: Iterable[str]) -> list[str]:
     names = list(output_filter)
     for name in names:
         if name not in entry.outputs:
@@ -118,7 +119,7 @@ def run_signature(entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[
 
 
 def batch_size(arrays: dict[str, np.ndarray]) -> int | None:
-    sizes = {v.shape[0] if v.ndim else None for v in arrays.values()}
-    if len(sizes) != 1 or None in sizes:
+    sizes = {int(v.shape[0]) if v.ndim else None for v in arrays.values()}
+    if len(sizes) != 1:
         return None
-    return int(next(iter(sizes)))
+    return next(iter(sizes))

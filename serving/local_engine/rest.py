@@ -1,59 +1,135 @@
-"""TF Serving's REST API: status, metadata, :predict (row and columnar), metrics."""
+"""TF Serving's REST API on aiohttp: status, metadata, :predict (row and columnar), :classify, :regress, metrics.
+
+The server runs on the engine's asyncio loop, beside the gRPC server. Everything a client controls is
+bounded: the URL and the headers (414 and 431, answered in TF Serving's ``{"error": ...}`` form), the
+body whatever its headers say (Content-Length or chunked, 413), the time to send the headers and to
+send the body (408), the bytes of bodies held at once (503), the JSON's nesting and value count (400).
+Parsing and encoding run on a small thread pool, so a large body never stalls the loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import binascii
 import json
 import logging
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import numpy as np
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from google.protobuf import json_format
 
 from tfship.serving.config import PROMETHEUS_PATH
-from tfship.serving.local_engine.errors import EngineError, invalid
+from tfship.serving.local_engine import bounded_json
+from tfship.serving.local_engine.errors import EngineError, clipped, invalid
+from tfship.serving.local_engine.predict import check_arrays, signature_of
+from tfship.serving.local_engine.repeated_errors import RepeatedErrors
 
 log = logging.getLogger(__name__)
+errors_log = RepeatedErrors(log)
 
+# TF Serving's forms (tensorflow_serving/model_servers/http_rest_api_handler.cc), plus labels and /metadata.
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
                    r"(?:/(?P<metadata>metadata)|:(?P<verb>predict|classify|regress))?$")
-MAX_BODY = 1 << 30
+_INT64_MAX = (1 << 63) - 1
+_HTTP_STATUS_NAMES = {408: "DEADLINE_EXCEEDED", 413: "INVALID_ARGUMENT", 503: "UNAVAILABLE"}
 
 
-def _decode_b64(value: Any) -> Any:
+@dataclass(frozen=True)
+class RestLimits:
+    max_body_bytes: int = 64 << 20
+    max_inflight_body_bytes: int = 256 << 20  # bodies of all connections held at once
+    max_url_bytes: int = 8192  # longer: 414
+    max_header_bytes: int = 8190  # one header line, name and value; longer: 431
+    max_headers: int = 100  # more: 431
+    header_timeout: float = 30.0  # to send the headers, and how long an idle keep-alive connection stays open
+    body_timeout: float = 60.0  # to send the whole body; slower: 408
+    backlog: int = 1024
+    parse_threads: int = 2
+    json: bounded_json.JsonLimits = field(default_factory=bounded_json.JsonLimits)
+
+
+class HttpError(Exception):
+    """An answer that is not an engine status: 408, 413, 414, 431, 503 at the HTTP layer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A client's value in a one-line message, cut short."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode("utf-8")
+
+
+# --- request bodies --------------------------------------------------------------------------------
+
+def _decode_b64(value: Any) -> tuple[Any, bool]:
+    """Replace {"b64": ...} objects by bytes (in place where possible); also whether any string was seen."""
     if isinstance(value, dict):
-        if set(value) == {"b64"}:
-            return base64.b64decode(value["b64"])
-        return {k: _decode_b64(v) for k, v in value.items()}
+        if "b64" in value:
+            if len(value) != 1 or not isinstance(value["b64"], str):
+                # tensorflow_serving/util/json_tensor.cc, Base64FormatError
+                raise invalid(f"JSON Value: {_shown(value)} not formatted correctly for base64 data")
+            try:
+                return base64.b64decode(value["b64"]), True
+            except (binascii.Error, ValueError):
+                raise invalid("Unable to base64 decode") from None
+        strings = False
+        for key, item in value.items():
+            value[key], seen = _decode_b64(item)
+            strings = strings or seen
+        return value, strings
     if isinstance(value, list):
-        return [_decode_b64(v) for v in value]
-    return value
+        strings = False
+        for index, item in enumerate(value):
+            if isinstance(item, (list, dict)):
+                value[index], seen = _decode_b64(item)
+                strings = strings or seen
+            elif isinstance(item, str):
+                strings = True
+        return value, strings
+    return value, isinstance(value, (str, bytes))
 
 
 def _to_array(value: Any) -> np.ndarray:
+    value, strings = _decode_b64(value)
     try:
+        if not strings:
+            array = np.array(value)
+            if array.dtype != object:
+                return array
         probe = np.array(value, dtype=object)
-    except ValueError:
+    except (ValueError, TypeError, OverflowError):
         raise invalid("JSON Value: ragged array (every row must have the same length)") from None
     flat = probe.reshape(-1)
     if any(isinstance(v, (bytes, str)) for v in flat):
         out = np.empty(flat.shape, dtype=object)
         out[:] = [v.encode("utf-8") if isinstance(v, str) else v for v in flat]
         return out.reshape(probe.shape)
-    try:
-        return np.array(value)
-    except ValueError:
-        raise invalid("JSON Value: ragged array (every row must have the same length)") from None
+    return probe
 
 
 def _json_value(name: str, array: np.ndarray) -> Any:
     if array.dtype == object:
-        def convert(v):
+        def convert(v: Any) -> Any:
             if isinstance(v, bytes):
                 if name.endswith("_bytes"):
                     return {"b64": base64.b64encode(v).decode("ascii")}
@@ -66,17 +142,25 @@ def _json_value(name: str, array: np.ndarray) -> Any:
     return array.tolist()
 
 
-def parse_predict_body(body: dict, input_names: list[str]) -> tuple[dict[str, np.ndarray], bool]:
+def signature_name_of(body: Any) -> str:
+    name = body.get("signature_name", "") if isinstance(body, dict) else ""
+    if not isinstance(name, str):
+        # tensorflow_serving/util/json_tensor.cc, FormatSignatureError
+        raise invalid(f"JSON Value: {_shown(name)} not formatted correctly. 'signature_name' key must be a string value.")
+    return name
+
+
+def parse_predict_body(body: Any, input_names: list[str]) -> tuple[dict[str, np.ndarray], bool]:
     """Arrays from a :predict body, and whether it used the row ('instances') form."""
     if not isinstance(body, dict):
         raise invalid("JSON Value: request body must be an object")
     if ("instances" in body) == ("inputs" in body):
         raise invalid("Missing 'inputs' or 'instances' key" if "instances" not in body else "Only one of 'inputs' or 'instances' may be set")
     if "instances" in body:
-        instances = _decode_b64(body["instances"])
+        instances = body["instances"]
         if not isinstance(instances, list) or not instances:
             raise invalid("'instances' must be a non-empty list")
-        if all(isinstance(i, dict) for i in instances):
+        if all(isinstance(i, dict) and not (len(i) == 1 and "b64" in i) for i in instances):
             names = set(instances[0])
             if any(set(i) != names for i in instances):
                 raise invalid("Failed to process element: every instance must name the same inputs")
@@ -84,172 +168,297 @@ def parse_predict_body(body: dict, input_names: list[str]) -> tuple[dict[str, np
         if len(input_names) != 1:
             raise invalid(f"instances must be objects naming the inputs {sorted(input_names)}")
         return {input_names[0]: _to_array(instances)}, True
-    inputs = _decode_b64(body["inputs"])
-    if isinstance(inputs, dict):
+    inputs = body["inputs"]
+    if isinstance(inputs, dict) and not (len(inputs) == 1 and "b64" in inputs):
         return {n: _to_array(v) for n, v in inputs.items()}, False
     if len(input_names) != 1:
         raise invalid(f"'inputs' must be an object naming the inputs {sorted(input_names)}")
     return {input_names[0]: _to_array(inputs)}, False
 
 
-def _feature(value: Any):
+def predict_result(outputs: dict[str, np.ndarray], row: bool) -> dict[str, Any]:
+    if row:
+        if len(outputs) == 1:
+            (out_name, value), = outputs.items()
+            return {"predictions": _json_value(out_name, value)}
+        count = len(next(iter(outputs.values())))
+        columns = {k: _json_value(k, v) for k, v in outputs.items()}
+        return {"predictions": [{k: columns[k][i] for k in columns} for i in range(count)]}
+    if len(outputs) == 1:
+        (out_name, value), = outputs.items()
+        return {"outputs": _json_value(out_name, value)}
+    return {"outputs": {k: _json_value(k, v) for k, v in outputs.items()}}
+
+
+def _feature(value: Any) -> Any:
     from tensorflow.core.example import feature_pb2
 
     values = value if isinstance(value, list) else [value]
     feature = feature_pb2.Feature()
-    if all(isinstance(v, bool) or isinstance(v, int) for v in values):
-        feature.int64_list.value.extend(int(v) for v in values)
-    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        feature.float_list.value.extend(float(v) for v in values)
-    elif all(isinstance(v, (str, bytes)) for v in values):
-        feature.bytes_list.value.extend(v.encode("utf-8") if isinstance(v, str) else v for v in values)
-    else:
-        raise invalid("example features must be numbers, strings or {\"b64\": ...} values, or lists of one kind")
+    try:
+        if all(isinstance(v, (bool, int)) for v in values):
+            feature.int64_list.value.extend(int(v) for v in values)
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            feature.float_list.value.extend(float(v) for v in values)
+        elif all(isinstance(v, (str, bytes)) for v in values):
+            feature.bytes_list.value.extend(v.encode("utf-8") if isinstance(v, str) else v for v in values)
+        else:
+            raise invalid("example features must be numbers, strings or {\"b64\": ...} values, or lists of one kind")
+    except (ValueError, TypeError, OverflowError):
+        raise invalid(f"JSON Value: {_shown(value)} does not fit a tf.train.Feature (integers must fit int64)") from None
     return feature
 
 
-def examples_call(core, verb: str, name: str, version: int | None, label: str | None, body: Any) -> dict:
-    """REST :classify / :regress: {"signature_name", "context", "examples": [{feature: value}]}."""
+def examples_request(verb: str, name: str, body: Any) -> Any:
+    """REST :classify / :regress body {"signature_name", "context", "examples": [{feature: value}]} as a request."""
     from tensorflow_serving.apis import classification_pb2, regression_pb2
 
     if not isinstance(body, dict) or not isinstance(body.get("examples"), list) or not body["examples"]:
         raise invalid("'examples' must be a non-empty list of objects")
     request = (classification_pb2.ClassificationRequest if verb == "classify" else regression_pb2.RegressionRequest)()
     request.model_spec.name = name
-    request.model_spec.signature_name = body.get("signature_name", "")
-    context = _decode_b64(body.get("context") or {})
+    request.model_spec.signature_name = signature_name_of(body)
+    context, _ = _decode_b64(body.get("context") or {})
+    if not isinstance(context, dict):
+        raise invalid("'context' must be an object of feature: value")
     for raw in body["examples"]:
         if not isinstance(raw, dict):
             raise invalid("each example must be an object of feature: value")
         example = request.input.example_list.examples.add()
-        for key, value in {**context, **_decode_b64(raw)}.items():
+        decoded, _ = _decode_b64(raw)
+        for key, value in {**context, **decoded}.items():
             example.features.feature[key].CopyFrom(_feature(value))
+    return request
+
+
+def examples_result(verb: str, response: Any) -> dict[str, Any]:
     if verb == "classify":
-        response = core.classify(request, version, label)
         return {"results": [[[c.label, c.score] for c in r.classes] for r in response.result.classifications]}
-    response = core.regress(request, version, label)
     return {"results": [r.value for r in response.result.regressions]}
 
 
-def make_handler(core):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "tfship-local-engine"
+# --- the server ------------------------------------------------------------------------------------
 
-        def log_message(self, format: str, *args) -> None:
-            log.debug("rest: " + format, *args)
+class _BodyBudget:
+    """Bytes of request bodies held at once, over all connections (used on the loop only)."""
 
-        def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
-            data = payload.encode("utf-8") if isinstance(payload, str) else json.dumps(payload).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
 
-        def _error(self, exc: EngineError) -> None:
-            self._send(exc.http_status, {"error": exc.message})
+    def take(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
 
-        def _route(self):
-            match = _PATH.match(self.path.split("?")[0])
-            if not match:
-                raise EngineError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {self.command} {self.path}")
-            version = int(match["version"]) if match["version"] else None
-            return match, version, match["label"]
+    def give(self, size: int) -> None:
+        self.used -= size
 
-        def _answer(self, handle) -> None:
-            try:
-                handle()
-            except Exception as exc:  # never drop the connection without an answer
-                log.exception("REST %s %s failed", self.command, self.path)
-                self._send(500, {"error": f"internal error: {type(exc).__name__}"})
 
-        def do_GET(self) -> None:
-            self._answer(self._get)
+def _parse_error_response(exc: BaseException | None, limits: RestLimits) -> tuple[int, str]:
+    """What a request the HTTP parser refused gets: TF Serving's JSON error, with the fitting status."""
+    if isinstance(exc, LineTooLong):
+        # aiohttp raises LineTooLong(line, limit) for the request line and for a header line alike;
+        # the limit tells which one it was.
+        if str(exc.args[1]) == str(limits.max_url_bytes):
+            return 414, f"Request-URI too long: the URL has more than {limits.max_url_bytes} bytes"
+        return 431, f"Request header fields too large: a header line has more than {limits.max_header_bytes} bytes"
+    if isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
+        return 431, f"Request header fields too large: more than {limits.max_headers} headers"
+    detail = exc.message if isinstance(exc, BadHttpMessage) else type(exc).__name__ if exc else "unknown"
+    detail = " ".join(detail.replace("^", " ").split())  # aiohttp's messages point at the byte on a second line
+    return 400, f"Malformed HTTP request: {detail[:200]}"
 
-        def do_POST(self) -> None:
-            self._answer(self._post)
 
-        def _get(self) -> None:
-            if self.path.split("?")[0] == PROMETHEUS_PATH:
-                self._send(200, core.metrics.render(), "text/plain; version=0.0.4")
-                return
-            try:
-                match, version, label = self._route()
-                if match["verb"]:
-                    raise invalid(f"{match['verb']} needs POST")
-                if match["metadata"]:
-                    servable = core.manager.resolve(match["name"], version, label)
-                    signatures = {k: json_format.MessageToDict(e.proto) for k, e in servable.signatures.items()}
-                    self._send(200, {"model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
-                                     "metadata": {"signature_def": {"signature_def": signatures}}})
-                    return
-                states = core.manager.status(match["name"], version, label)
-                self._send(200, {"model_version_status": [
-                    {"version": str(s.version), "state": s.state,
-                     "status": {"error_code": s.error_code.name, "error_message": s.error_message}} for s in states]})
-            except EngineError as exc:
-                self._error(exc)
+def _handler_class(limits: RestLimits) -> type[web.RequestHandler]:
+    class Handler(web.RequestHandler):
+        def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                         message: str | None = None) -> web.StreamResponse:
+            if status == 500:
+                errors_log.error(f"rest:{type(exc).__name__}", f"REST request failed: {type(exc).__name__}: {str(exc)[:200]}", exc)
+                answer = (500, f"internal error: {type(exc).__name__}")
+            else:
+                answer = _parse_error_response(exc, limits)
+                log.debug("REST request refused by the HTTP parser: %s", answer[1])
+            response = web.Response(status=answer[0], body=_error_body(answer[1]), content_type="application/json")
+            response.force_close()  # the stream cannot be trusted past a message that did not parse
+            return response
 
-        def _post(self) -> None:
-            started = time.perf_counter()
-            name = "?"
-            try:
-                match, version, label = self._route()
-                name = match["name"]
-                if not match["verb"]:
-                    raise invalid(f"POST {self.path}: expected :predict, :classify or :regress")
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY:
-                    raise invalid("request body too large")
-                try:
-                    body = json.loads(self.rfile.read(length) or b"null")
-                except (ValueError, UnicodeDecodeError) as exc:
-                    raise invalid(f"JSON Parse error: {exc}") from None
-                if match["verb"] in ("classify", "regress"):
-                    result = examples_call(core, match["verb"], name, version, label, body)
-                    core.metrics.request(name, match["verb"], "REST", "OK", (time.perf_counter() - started) * 1e6)
-                    self._send(200, result)
-                    return
-                servable = core.manager.resolve(name, version, label)
-                from tfship.serving.local_engine.predict import signature_of
-
-                entry = signature_of(servable, (body or {}).get("signature_name", "") if isinstance(body, dict) else "")
-                arrays, row = parse_predict_body(body, entry.input_order)
-                _, _, outputs = core.predict_arrays(name, entry.key, arrays, version=servable.version)
-                if row:
-                    if len(outputs) == 1:
-                        (out_name, value), = outputs.items()
-                        result = {"predictions": _json_value(out_name, value)}
-                    else:
-                        count = len(next(iter(outputs.values())))
-                        columns = {k: _json_value(k, v) for k, v in outputs.items()}
-                        result = {"predictions": [{k: columns[k][i] for k in columns} for i in range(count)]}
-                else:
-                    if len(outputs) == 1:
-                        (out_name, value), = outputs.items()
-                        result = {"outputs": _json_value(out_name, value)}
-                    else:
-                        result = {"outputs": {k: _json_value(k, v) for k, v in outputs.items()}}
-                core.metrics.request(name, "predict", "REST", "OK", (time.perf_counter() - started) * 1e6)
-                self._send(200, result)
-            except EngineError as exc:
-                core.metrics.request(name, "predict", "REST", exc.code.name, (time.perf_counter() - started) * 1e6)
-                self._error(exc)
+        def log_exception(self, *args: Any, **kwargs: Any) -> None:
+            exc = kwargs.get("exc_info")
+            kind = type(exc).__name__ if isinstance(exc, BaseException) else "error"
+            errors_log.error(f"rest-protocol:{kind}", f"REST connection error: {kind}", exc if isinstance(exc, BaseException) else None)
 
     return Handler
 
 
 class RestServer:
-    def __init__(self, core, host: str, port: int) -> None:
-        self.httpd = ThreadingHTTPServer((host, port), make_handler(core))
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="tfship-rest", daemon=True)
+    """TF Serving's REST API on the engine's loop; start() and stop() are coroutines for that loop."""
 
-    def start(self) -> None:
-        self.thread.start()
+    def __init__(self, core: Any, host: str, port: int, limits: RestLimits | None = None) -> None:
+        self.core = core
+        self.host = host
+        self.requested_port = port
+        self.limits = limits or RestLimits()
+        self.port = 0
+        self._pool = ThreadPoolExecutor(max_workers=self.limits.parse_threads, thread_name_prefix="tfship-rest")
+        self._budget = _BodyBudget(self.limits.max_inflight_body_bytes)
+        self._web: web.Server | None = None
+        self._listener: asyncio.base_events.Server | None = None
 
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    async def start(self) -> None:
+        limits = self.limits
+        self._web = web.Server(self._handle)
+        handler_class = _handler_class(limits)
+        loop = asyncio.get_running_loop()
+        options = {"keepalive_timeout": limits.header_timeout, "max_line_size": limits.max_url_bytes,
+                   "max_field_size": limits.max_header_bytes, "max_headers": limits.max_headers,
+                   "lingering_time": 2.0, "access_log": None}
+        manager = self._web
+        try:
+            self._listener = await loop.create_server(lambda: handler_class(manager, loop=loop, **options),  # type: ignore[arg-type]
+                                                      self.host, self.requested_port, backlog=limits.backlog)
+        except OSError:
+            self._pool.shutdown(wait=False)
+            raise
+        self.port = self._listener.sockets[0].getsockname()[1]
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        if self._web is not None:
+            self._web.pre_shutdown()
+            await self._web.shutdown(grace)
+        if self._listener is not None:
+            await self._listener.wait_closed()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    async def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _read_body(self, request: web.BaseRequest, held: list[int]) -> bytearray:
+        """The body, within the size limit whatever the headers say; ``held[0]`` counts what the budget lent."""
+        limit = self.limits.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise HttpError(413, f"request body of {request.content_length} bytes is larger than the limit of {limit} bytes")
+        body = bytearray()
+
+        async def receive() -> None:
+            async for chunk in request.content.iter_any():
+                if len(body) + len(chunk) > limit:
+                    raise HttpError(413, f"request body is larger than the limit of {limit} bytes")
+                if not self._budget.take(len(chunk)):
+                    raise HttpError(503, "the server holds too many request bodies at once; retry shortly")
+                held[0] += len(chunk)
+                body.extend(chunk)
+
+        try:
+            await asyncio.wait_for(receive(), self.limits.body_timeout)
+        except asyncio.TimeoutError:
+            raise HttpError(408, f"the request body did not arrive within {self.limits.body_timeout:g} s") from None
+        return body
+
+    @staticmethod
+    def _json_response(status: int, payload: bytes, *, close: bool = False) -> web.Response:
+        response = web.Response(status=status, body=payload, content_type="application/json")
+        if close:
+            response.force_close()
+        return response
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.raw_path.split("?", 1)[0]
+        try:
+            if request.method in ("GET", "HEAD") and path == PROMETHEUS_PATH:
+                return web.Response(body=self.core.metrics.render().encode("utf-8"),
+                                    headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+            return await self._route(request, path)
+        except HttpError as exc:
+            # The body may be partly unread: close rather than read what follows as a new request.
+            return self._json_response(exc.status, _error_body(exc.message), close=True)
+        except EngineError as exc:
+            return self._json_response(exc.http_status, _error_body(clipped(exc.message)))
+        except Exception as exc:  # never a traceback to the client, and one log line per kind and interval
+            errors_log.error(f"rest:{request.method}:{type(exc).__name__}",
+                             f"REST {request.method} {path[:200]} failed: {type(exc).__name__}: {str(exc)[:200]}", exc)
+            return self._json_response(500, _error_body(f"internal error: {type(exc).__name__}"), close=True)
+
+    async def _route(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+        match = _PATH.match(path)
+        if not match:
+            if path.lower().startswith("/v1/"):
+                # TF Serving: InvalidArgument("Malformed request: ", http_method, " ", request_path)
+                raise invalid(f"Malformed request: {request.method} {path[:200]}")
+            raise EngineError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {request.method} {path[:200]}")
+        version = None
+        if match["version"]:
+            text = match["version"]
+            if len(text) > 19 or int(text) > _INT64_MAX:
+                # tensorflow_serving/model_servers/http_rest_api_handler.cc
+                raise invalid(f"Failed to convert version: {text[:40]}{'...' if len(text) > 40 else ''} to numeric.")
+            version = int(text)
+        if request.method == "POST" and match["verb"]:
+            return await self._post(request, match["name"], match["verb"], version, match["label"])
+        if request.method in ("GET", "HEAD") and not match["verb"]:
+            return self._get(match["name"], version, match["label"], bool(match["metadata"]))
+        raise invalid(f"Malformed request: {request.method} {path[:200]}")
+
+    def _get(self, name: str, version: int | None, label: str | None, metadata: bool) -> web.Response:
+        if metadata:
+            servable = self.core.manager.resolve(name, version, label)
+            signatures = {k: json_format.MessageToDict(e.proto) for k, e in servable.signatures.items()}
+            payload: dict[str, Any] = {"model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
+                                       "metadata": {"signature_def": {"signature_def": signatures}}}
+        else:
+            states = self.core.manager.status(name, version, label)
+            payload = {"model_version_status": [
+                {"version": str(s.version), "state": s.state,
+                 "status": {"error_code": s.error_code.name, "error_message": s.error_message}} for s in states]}
+        return self._json_response(200, json.dumps(payload).encode("utf-8"))
+
+    async def _post(self, request: web.BaseRequest, name: str, verb: str, version: int | None, label: str | None) -> web.Response:
+        started = time.perf_counter()
+        status = "OK"
+        held = [0]
+        try:
+            raw = await self._read_body(request, held)
+            if verb == "predict":
+                payload = await self._predict(name, version, label, raw)
+            else:
+                payload = await self._examples(name, verb, version, label, raw)
+            return self._json_response(200, payload)
+        except EngineError as exc:
+            status = exc.code.name
+            raise
+        except HttpError as exc:
+            status = _HTTP_STATUS_NAMES.get(exc.status, "INVALID_ARGUMENT")
+            raise
+        except Exception:
+            status = "INTERNAL"
+            raise
+        finally:
+            self._budget.give(held[0])
+            self.core.metrics.request(name, verb, "REST", status, (time.perf_counter() - started) * 1e6)
+
+    async def _predict(self, name: str, version: int | None, label: str | None, raw: bytearray) -> bytes:
+        def prepare() -> tuple[Any, Any, dict[str, np.ndarray], bool]:
+            # The parsed JSON lives only in here: it costs several times the body, the arrays far less.
+            body = bounded_json.loads(raw, self.limits.json)
+            raw.clear()
+            servable = self.core.manager.resolve(name, version, label)
+            entry = signature_of(servable, signature_name_of(body))
+            arrays, row = parse_predict_body(body, entry.input_order)
+            return servable, entry, check_arrays(entry, arrays), row
+
+        servable, entry, arrays, row = await self._in_pool(prepare)
+        outputs = await self.core.run_async(servable, entry, arrays)
+        del arrays
+        return await self._in_pool(lambda: json.dumps(predict_result(outputs, row)).encode("utf-8"))
+
+    async def _examples(self, name: str, verb: str, version: int | None, label: str | None, raw: bytearray) -> bytes:
+        request = await self._in_pool(lambda: examples_request(verb, name, bounded_json.loads(raw, self.limits.json)))
+        run = self.core.classify if verb == "classify" else self.core.regress
+        response = await asyncio.get_running_loop().run_in_executor(self.core.model_pool, run, request, version, label)
+        return json.dumps(examples_result(verb, response)).encode("utf-8")

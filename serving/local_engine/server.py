@@ -17,7 +17,7 @@ from tfship.serving.config import BatchingOptions
 from tfship.serving.local_engine.core import EngineCore
 from tfship.serving.local_engine.grpc_service import build_servicers, generic_handlers
 from tfship.serving.local_engine.models import ModelConfig
-from tfship.serving.local_engine.rest import RestServer
+from tfship.serving.local_engine.rest import RestLimits, RestServer
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class LocalEngine:
     def __init__(self, configs: list[ModelConfig], *, host: str = "127.0.0.1", grpc_port: int = 8500,
                  rest_port: int | None = 8501, verifier: Callable[[Path], str | None] | None = None,
                  batching: BatchingOptions | None = None, poll_seconds: float = 1.0, tls: TlsOptions | None = None,
-                 intra_op_threads: int = 0, inter_op_threads: int = 0) -> None:
+                 intra_op_threads: int = 0, inter_op_threads: int = 0, rest_limits: RestLimits | None = None) -> None:
         if intra_op_threads or inter_op_threads:
             _set_tensorflow_threads(intra_op_threads, inter_op_threads)
         self.host = host
@@ -61,6 +61,7 @@ class LocalEngine:
         self._grpc_port_requested = grpc_port
         self._rest_port_requested = rest_port
         self._tls = tls
+        self._rest_limits = rest_limits or RestLimits()
         self.grpc_server = None  # grpc.aio.Server, living on self._loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -83,13 +84,16 @@ class LocalEngine:
             self.core.stop()
             raise
         if self._rest_port_requested is not None:
+            # TF Serving's REST port has no TLS (its ssl_config_file covers gRPC only); neither has this one.
+            rest = RestServer(self.core, self.host, self._rest_port_requested, self._rest_limits)
             try:
-                self.rest = RestServer(self.core, self.host, self._rest_port_requested)
+                asyncio.run_coroutine_threadsafe(rest.start(), self._loop).result()
             except OSError as exc:
                 self.stop(grace=0)
-                raise ServingError(f"cannot listen on {self.host}:{self._rest_port_requested}: {exc.strerror} (choose another with --rest-port)") from None
-            self.rest.start()
-            self.rest_port = self.rest.port
+                raise ServingError(f"cannot listen on {self.host}:{self._rest_port_requested}: {exc.strerror} "
+                                   f"(choose another with --rest-port)") from None
+            self.rest = rest
+            self.rest_port = rest.port
         log.info("local engine: gRPC on %s:%d, REST on %s", self.host, self.grpc_port,
                  f"{self.host}:{self.rest_port}" if self.rest else "off")
         return self
@@ -129,8 +133,8 @@ class LocalEngine:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        if self.rest:
-            self.rest.stop()
+        if self.rest is not None and self._loop is not None and self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.rest.stop(min(grace, 5.0)), self._loop).result(grace + 10)
         if self.grpc_server is not None and self._loop is not None:
             asyncio.run_coroutine_threadsafe(self.grpc_server.stop(grace), self._loop).result(grace + 5)
         self._stop_loop()
@@ -159,5 +163,5 @@ class LocalEngine:
     def __enter__(self) -> LocalEngine:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop(grace=1.0)

@@ -9,6 +9,7 @@ use them on the official ``tensorflow`` classes too.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ try:  # bfloat16 has no numpy dtype of its own; ml_dtypes (a tensorflow dependen
 except ImportError:  # pragma: no cover - ml_dtypes is a declared dependency
     BFLOAT16 = None
 
-_NUMPY_TO_DT = {
+_NUMPY_TO_DT: dict[np.dtype[Any], int] = {
     np.dtype(np.float16): DATA_TYPES["DT_HALF"],
     np.dtype(np.float32): DATA_TYPES["DT_FLOAT"],
     np.dtype(np.float64): DATA_TYPES["DT_DOUBLE"],
@@ -75,6 +76,8 @@ DTYPE_NAMES = {
 # TensorFlow fills a tensor whose value list is short with its last value (or zeros). A request can
 # claim a huge shape with no values at all; refuse to materialize more than this many elements that way.
 MAX_FILLED_ELEMENTS = 1 << 26
+# TensorShape's own limit: a tensor's element count must fit int64.
+MAX_ELEMENTS = (1 << 63) - 1
 
 
 class CodecError(ValueError):
@@ -91,9 +94,9 @@ def dtype_to_enum(dtype: Any) -> int:
         raise CodecError(f"numpy dtype {dtype} has no TensorFlow equivalent") from None
 
 
-def enum_to_dtype(dt: int) -> np.dtype:
+def enum_to_dtype(dt: int) -> np.dtype[Any]:
     if dt == DT_STRING:
-        return np.dtype(object)
+        return np.dtype(np.object_)
     try:
         return _DT_TO_NUMPY[dt]
     except KeyError:
@@ -135,12 +138,34 @@ def shape_of(tensor: Any) -> tuple[int, ...]:
     return tuple(int(d.size) for d in tensor.tensor_shape.dim)
 
 
-def to_ndarray(tensor: Any) -> np.ndarray:
-    """Decode a TensorProto (ours or tensorflow's) into a numpy array."""
-    shape = shape_of(tensor)
+def element_count(shape: tuple[int, ...]) -> int:
+    """Elements of a tensor of ``shape``, refusing unknown sizes and counts TensorFlow cannot hold."""
     if any(size < 0 for size in shape):
-        raise CodecError(f"tensor shape {list(shape)} has an unknown dimension")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        raise CodecError(f"tensor shape {_shown_shape(shape)} has a negative (unknown) dimension; send a concrete shape")
+    count = math.prod(shape)  # exact: numpy's int64 product wraps around silently
+    if count > MAX_ELEMENTS:
+        raise CodecError(f"tensor shape {_shown_shape(shape)} has {count} elements, more than TensorFlow's limit of 2**63-1")
+    return count
+
+
+def _shown_shape(shape: tuple[int, ...]) -> str:
+    text = "[" + ", ".join(str(d) for d in shape[:8]) + (", ..." if len(shape) > 8 else "") + "]"
+    return text if len(text) <= 200 else text[:200] + "...]"
+
+
+def to_ndarray(tensor: Any) -> np.ndarray:
+    """Decode a TensorProto (ours or tensorflow's) into a numpy array; a malformed one raises CodecError."""
+    shape = shape_of(tensor)
+    count = element_count(shape)
+    try:
+        return _decode(tensor, shape, count)
+    except (ValueError, OverflowError, MemoryError) as exc:
+        if isinstance(exc, CodecError):
+            raise
+        raise CodecError(f"tensor of shape {_shown_shape(shape)} cannot be decoded: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
+
+
+def _decode(tensor: Any, shape: tuple[int, ...], count: int) -> np.ndarray:
     dt = tensor.dtype
     if dt == DT_STRING:
         values = list(tensor.string_val)
@@ -152,7 +177,7 @@ def to_ndarray(tensor: Any) -> np.ndarray:
     if content:
         if len(content) != count * dtype.itemsize:
             raise CodecError(
-                f"tensor_content holds {len(content)} bytes but shape {list(shape)} of {dtype_name(dt)} "
+                f"tensor_content holds {len(content)} bytes but shape {_shown_shape(shape)} of {dtype_name(dt)} "
                 f"needs {count * dtype.itemsize}"
             )
         return np.frombuffer(content, dtype=dtype).reshape(shape)
@@ -161,7 +186,7 @@ def to_ndarray(tensor: Any) -> np.ndarray:
     if field == "half_val":
         array = np.asarray(raw, dtype=np.uint16).view(dtype)
     elif field in ("scomplex_val", "dcomplex_val"):
-        parts = np.asarray(raw, dtype=np.float32 if field == "scomplex_val" else np.float64)
+        parts = np.asarray(raw, dtype=np.float64)  # float32 values of scomplex_val convert exactly
         array = (parts[0::2] + 1j * parts[1::2]).astype(dtype)
     else:
         array = np.asarray(raw).astype(dtype, copy=False)
@@ -173,7 +198,7 @@ def _fill(array: np.ndarray, count: int, shape: tuple[int, ...], field: str) -> 
     if array.size == count:
         return array.reshape(shape)
     if count > MAX_FILLED_ELEMENTS:
-        raise CodecError(f"{field} holds {array.size} values for shape {list(shape)} ({count} elements); "
+        raise CodecError(f"{field} holds {array.size} values for shape {_shown_shape(shape)} ({count} elements); "
                          f"send the values (tensor_content) instead of relying on fill")
     if array.size == 0:
         return np.zeros(shape, dtype=array.dtype if array.dtype != object else object)
@@ -182,4 +207,4 @@ def _fill(array: np.ndarray, count: int, shape: tuple[int, ...], field: str) -> 
         padded[: array.size] = array
         padded[array.size:] = array[-1]
         return padded.reshape(shape)
-    raise CodecError(f"{field} holds {array.size} values but shape {list(shape)} needs {count}")
+    raise CodecError(f"{field} holds {array.size} values but shape {_shown_shape(shape)} needs {count}")
