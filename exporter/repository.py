@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import psutil
+
 from tfship.core.errors import ExportError, UsageError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -31,21 +33,6 @@ def versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process runs (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def clean_stale(model_dir: Path) -> list[Path]:
     removed = []
     if not model_dir.is_dir():
@@ -53,7 +40,7 @@ def clean_stale(model_dir: Path) -> list[Path]:
     for entry in model_dir.iterdir():
         if entry.name.startswith(TMP_PREFIX):
             parts = entry.name[len(TMP_PREFIX):].split("-")
-            if parts and parts[0].isdigit() and not pid_alive(int(parts[0])):
+            if parts and parts[0].isdigit() and not psutil.pid_exists(int(parts[0])):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry)
     return removed

@@ -7,12 +7,15 @@ the official container (paths as seen inside it, under /models) and the local en
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import text_format
+from google.protobuf.message import Message
 
 from tfship.core.errors import ServingError, UsageError
 from tfship.exporter.repository import versions as repo_versions
@@ -103,7 +106,7 @@ def parse_labels(values: Iterable[str]) -> dict[str, dict[str, int]]:
 
 def build_entries(repo: Path, *, base_root: str | None = None, policy: VersionPolicy = VersionPolicy(),
                   labels: dict[str, dict[str, int]] | None = None,
-                  exclude: set[tuple[str, int]] = frozenset()) -> list[ModelEntry]:
+                  exclude: Set[tuple[str, int]] = frozenset()) -> list[ModelEntry]:
     repo = Path(repo).resolve()
     labels = labels or {}
     entries = []
@@ -128,7 +131,7 @@ def build_entries(repo: Path, *, base_root: str | None = None, policy: VersionPo
     return entries
 
 
-def model_server_config(entries: list[ModelEntry]):
+def model_server_config(entries: list[ModelEntry]) -> Any:
     from tensorflow_serving.config import model_server_config_pb2
 
     config = model_server_config_pb2.ModelServerConfig()
@@ -150,7 +153,7 @@ def model_server_config(entries: list[ModelEntry]):
     return config
 
 
-def read_model_server_config(path: Path):
+def read_model_server_config(path: Path) -> Any:
     from tensorflow_serving.config import model_server_config_pb2
 
     try:
@@ -178,7 +181,7 @@ class BatchingOptions:
             raise UsageError("batching: allowed_batch_sizes must increase and end with max_batch_size")
         return self
 
-    def to_proto(self):
+    def to_proto(self) -> Any:
         from tfship.serving.config_protos import BatchingParameters
 
         proto = BatchingParameters()
@@ -206,7 +209,7 @@ class BatchingOptions:
                    pad_variable_length_inputs=proto.pad_variable_length_inputs).check()
 
 
-def monitoring_config():
+def monitoring_config() -> Any:
     from tfship.serving.config_protos import MonitoringConfig
 
     proto = MonitoringConfig()
@@ -215,7 +218,7 @@ def monitoring_config():
     return proto
 
 
-def ssl_config(server_key: Path, server_cert: Path, custom_ca: Path | None = None, client_verify: bool = False):
+def ssl_config(server_key: Path, server_cert: Path, custom_ca: Path | None = None, client_verify: bool = False) -> Any:
     from tfship.serving.config_protos import SSLConfig
 
     proto = SSLConfig()
@@ -227,7 +230,7 @@ def ssl_config(server_key: Path, server_cert: Path, custom_ca: Path | None = Non
     return proto
 
 
-def read_ssl_config(path: Path):
+def read_ssl_config(path: Path) -> Any:
     from tfship.serving.config_protos import SSLConfig
 
     try:
@@ -236,10 +239,14 @@ def read_ssl_config(path: Path):
         raise UsageError(f"{path}: not a readable SSLConfig text proto: {exc}") from None
 
 
-def write_text_proto(path: Path, message) -> Path:
+def write_text_proto(path: Path, message: Message, mode: int = 0o644) -> Path:
+    """Write a text proto atomically, created with ``mode`` (0o600 for files holding keys)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text_format.MessageToString(message), encoding="utf-8")
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w", encoding="utf-8") as handle:
+        handle.write(text_format.MessageToString(message))
+    os.chmod(tmp, mode)  # the umask may have narrowed it; TF Serving in a container must still read it
     tmp.replace(path)  # TF Serving polls the config file: never let it read half of one
     return path

@@ -8,6 +8,7 @@ and polls it (and the version directories) for changes. Its entrypoint already p
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -16,6 +17,10 @@ from typing import Any
 
 from tfship.core.errors import ServerUnavailable, ServingError
 from tfship.serving.config import BATCHING_CONFIG, CONTAINER_ROOT, MODELS_CONFIG, MONITORING_CONFIG, SSL_CONFIG
+from tfship.serving.config_writer import GeneratedConfig
+from tfship.serving.options import ServeOptions, address
+from tfship.serving.readiness import wait_ready
+from tfship.serving.state import EngineState, remove_state, write_state
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +76,11 @@ class ContainerSpec:
     image: str
     name: str
     command: list[str]
-    ports: dict[str, int]
+    ports: dict[str, tuple[str, int]]
     volumes: dict[str, dict[str, str]]
     environment: dict[str, str]
     labels: dict[str, str]
     gpu: bool = False
-    mem_limit: str | None = None
     restart_policy: dict[str, Any] = field(default_factory=lambda: {"Name": "unless-stopped"})
 
     def run_kwargs(self) -> dict[str, Any]:
@@ -85,18 +89,15 @@ class ContainerSpec:
             "volumes": self.volumes, "environment": self.environment, "labels": self.labels,
             "detach": True, "restart_policy": self.restart_policy,
         }
-        if self.mem_limit:
-            kwargs["mem_limit"] = self.mem_limit
         if self.gpu:
-            import docker
-
+            docker = _sdk()
             kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
         return kwargs
 
 
 def container_spec(repo: Path, *, grpc_port: int = 8500, rest_port: int = 8501, batching: bool = False,
                    ssl: bool = False, gpu: bool = False, image: str | None = None, host: str = "127.0.0.1",
-                   mem_limit: str | None = None, intra_op_threads: int = 0, inter_op_threads: int = 0) -> ContainerSpec:
+                   intra_op_threads: int = 0, inter_op_threads: int = 0) -> ContainerSpec:
     repo = Path(repo).resolve()
     return ContainerSpec(
         image=image or default_image_tag(repo, gpu),
@@ -108,15 +109,18 @@ def container_spec(repo: Path, *, grpc_port: int = 8500, rest_port: int = 8501, 
         environment={"MODEL_BASE_PATH": CONTAINER_ROOT},
         labels={"tfship.repository": str(repo)},
         gpu=gpu,
-        mem_limit=mem_limit,
     )
 
 
-def docker_client(timeout: float = 3.0):
+def _sdk() -> Any:
+    """The Docker SDK, imported when needed (the repository's own docker/ folder shadows it for type checkers)."""
+    return importlib.import_module("docker")
+
+
+def docker_client(timeout: float = 3.0) -> Any:
     """A Docker client whose engine answered a ping, or None (with the reason logged)."""
     try:
-        import docker
-
+        docker = _sdk()
         client = docker.from_env(timeout=timeout)
         client.ping()
         return client
@@ -127,9 +131,7 @@ def docker_client(timeout: float = 3.0):
 
 def engine_problem() -> str | None:
     try:
-        import docker
-
-        docker.from_env(timeout=3).ping()
+        _sdk().from_env(timeout=3).ping()
         return None
     except Exception as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -137,18 +139,17 @@ def engine_problem() -> str | None:
 
 
 class DockerLauncher:
-    def __init__(self, client) -> None:
+    def __init__(self, client: Any) -> None:
         self.client = client
 
-    def start(self, spec: ContainerSpec):
-        import docker
-
+    def start(self, spec: ContainerSpec) -> Any:
+        docker = _sdk()
         try:
             existing = self.client.containers.get(spec.name)
         except docker.errors.NotFound:
             existing = None
         except docker.errors.APIError as exc:
-            raise ServingError(f"Docker engine error: {exc}") from None
+            raise ServingError(f"Docker engine error: {exc}") from exc
         if existing is not None:
             existing.remove(force=True)
         try:
@@ -158,11 +159,13 @@ class DockerLauncher:
             try:
                 self.client.images.pull(spec.image)
             except docker.errors.APIError as exc:
-                raise ServerUnavailable(f"cannot pull {spec.image}: {exc}") from None
+                raise ServerUnavailable(f"cannot pull {spec.image}: {exc}") from exc
         try:
             return self.client.containers.run(**spec.run_kwargs())
         except docker.errors.APIError as exc:
-            raise ServerUnavailable(f"cannot start {spec.image}: {exc.explanation or exc}") from None
+            # docker run = create + start: a failed start leaves a created container behind.
+            self.remove(spec.name)
+            raise ServerUnavailable(f"cannot start {spec.image}: {exc.explanation or exc}") from exc
 
     def logs(self, name: str, tail: int = 60) -> str:
         try:
@@ -171,8 +174,7 @@ class DockerLauncher:
             return f"(no log: {exc})"
 
     def stop(self, name: str, timeout: int = 30) -> bool:
-        import docker
-
+        docker = _sdk()
         try:
             container = self.client.containers.get(name)
         except docker.errors.NotFound:
@@ -181,10 +183,57 @@ class DockerLauncher:
         container.remove()
         return True
 
-    def running(self, name: str) -> bool:
-        import docker
-
+    def remove(self, name: str) -> bool:
+        """Remove the container whatever its state (running, restarting, created); False if there was none."""
+        docker = _sdk()
         try:
-            return self.client.containers.get(name).status == "running"
+            self.client.containers.get(name).remove(force=True)
         except docker.errors.NotFound:
             return False
+        except docker.errors.APIError as exc:
+            log.warning("could not remove container %s: %s", name, exc)
+            return False
+        return True
+
+    def running(self, name: str) -> bool:
+        """Up and never restarted: TF Serving exits when its models fail to load, and the restart
+        policy would bring it back, so a restart means it failed."""
+        docker = _sdk()
+        try:
+            container = self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return False
+        return container.status == "running" and not container.attrs.get("RestartCount", 0)
+
+
+def serve_in_container(options: ServeOptions, generated: GeneratedConfig) -> dict[str, Any]:
+    """Start the TF Serving container, record it, wait until its models are AVAILABLE.
+
+    A failed start leaves nothing behind: the container (with its restart policy) is removed and
+    nothing is recorded, as for the local engine.
+    """
+    client = docker_client()
+    if client is None:
+        raise ServerUnavailable(f"--engine docker: no Docker engine answered ({engine_problem()}); "
+                                f"start Docker, or use --engine local")
+    launcher = DockerLauncher(client)
+    spec = container_spec(options.repo, grpc_port=options.grpc_port, rest_port=options.rest_port,
+                          batching=generated.batching_config is not None, ssl=generated.ssl_config is not None,
+                          gpu=options.gpu, image=options.image, host=options.host,
+                          intra_op_threads=options.intra_op_threads, inter_op_threads=options.inter_op_threads)
+    launcher.start(spec)
+    try:
+        write_state(options.repo, EngineState(engine="docker", container=spec.name, image=spec.image, host=options.host,
+                                              grpc_port=options.grpc_port, rest_port=options.rest_port,
+                                              models=generated.models, tls=bool(generated.ssl_config)))
+        statuses = wait_ready(address(options.host, options.grpc_port), generated.models, timeout=options.timeout,
+                              alive=lambda: launcher.running(spec.name), tls_root=options.tls_root())
+    except (ServerUnavailable, KeyboardInterrupt) as exc:
+        logs = launcher.logs(spec.name)
+        launcher.remove(spec.name)
+        remove_state(options.repo)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise ServerUnavailable(f"{exc.message}\n--- container log ({spec.name}) ---\n{logs}") from exc
+    return {"engine": "docker", "container": spec.name, "image": spec.image, "grpc": address(options.host, options.grpc_port),
+            "rest": f"http://{address(options.host, options.rest_port)}", "models": statuses, "config": generated.to_dict()}

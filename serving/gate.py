@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def gate(repo: Path, *, public_key: Path | None, allow_unsigned: bool, skip_inva
     return {(r.name, r.version) for r in failed}
 
 
-def verifier_for(public_key: Path | None):
+def verifier_for(public_key: Path | None) -> Callable[[Path], str | None] | None:
     """A load-time check for the local engine: returns the reason a version fails, or None."""
     if public_key is None:
         return None

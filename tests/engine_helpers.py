@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -18,6 +22,23 @@ def start_engine(repo: Path, *, public_key: Path | None = None, policy=None, lab
     configs = [ModelConfig(n, repo / n, policy or VersionPolicy("all"), dict(labels or {}) if n == names[0] else {}) for n in names]
     return LocalEngine(configs, grpc_port=0, rest_port=0, verifier=verifier_for(public_key), batching=batching,
                        poll_seconds=poll_seconds, tls=tls).start()
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, poll: float = 0.05) -> Any:
+    """Wait for ``condition()`` to hold (returns its value); AssertionError naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"still waiting after {timeout:g}s: {what}")
+        pause.wait(poll)
+
+
+def version_states(engine: Any, model: str) -> dict[int, str]:
+    return {s.version: s.state for s in engine.core.manager.status(model)}
 
 
 def official_stubs(port: int, credentials=None):
@@ -48,3 +69,34 @@ def self_signed(folder: Path, name: str = "localhost") -> tuple[Path, Path]:
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
+
+
+class RequestLoad:
+    """Threads sending Predict requests until the block ends: which version answered each, and every failure."""
+
+    def __init__(self, port: int, inputs: dict[str, Any], model: str = "digits", threads: int = 1) -> None:
+        self.versions: list[int] = []
+        self.failures: list[Exception] = []
+        self._target, self._inputs, self._model = f"127.0.0.1:{port}", inputs, model
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        from tfship.client.grpc_client import ServingClient
+
+        with ServingClient(self._target, timeout=10) as client:
+            while not self._stop.is_set():
+                try:
+                    self.versions.append(client.predict(self._inputs, self._model).version)
+                except Exception as exc:  # any failed request is a failure of the transition under test
+                    self.failures.append(exc)
+
+    def __enter__(self) -> RequestLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from tfship import render
 from tfship.command import command
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-def _serve_options(fn):
+    from tfship.serving.options import ServeOptions
+
+
+def _serve_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--repo", type=click.Path(path_type=Path), default=Path("models"), show_default=True, help="Model repository."),
         click.option("--public-key", type=click.Path(path_type=Path), envvar="TFSHIP_PUBLIC_KEY", help="Verify every version with this key [env TFSHIP_PUBLIC_KEY]."),
@@ -20,10 +27,11 @@ def _serve_options(fn):
         click.option("--label", "labels", multiple=True, help="Version label LABEL=VERSION or MODEL:LABEL=VERSION (repeatable)."),
         click.option("--batching", is_flag=True, help="Enable dynamic batching."),
         click.option("--batching-parameters-file", type=click.Path(path_type=Path), help="BatchingParameters text proto (implies --batching)."),
-        click.option("--max-batch-size", type=int, default=32, show_default=True),
-        click.option("--batch-timeout-micros", type=int, default=1000, show_default=True),
-        click.option("--num-batch-threads", type=int, default=2, show_default=True),
-        click.option("--max-enqueued-batches", type=int, default=100, show_default=True),
+        # Unset batching parameters take BatchingOptions' defaults (one place for them; serve config shows them).
+        click.option("--max-batch-size", type=int, help="Largest batch one model call gets."),
+        click.option("--batch-timeout-micros", type=int, help="How long a batch waits to fill up."),
+        click.option("--num-batch-threads", type=int, help="Batches run at the same time."),
+        click.option("--max-enqueued-batches", type=int, help="Queued batches before requests are refused."),
         click.option("--allowed-batch-sizes", default="", help="Comma-separated, increasing, ending with --max-batch-size."),
         click.option("--ssl-key", type=click.Path(path_type=Path), help="Server private key (PEM) for gRPC TLS."),
         click.option("--ssl-cert", type=click.Path(path_type=Path), help="Server certificate (PEM) for gRPC TLS."),
@@ -39,19 +47,26 @@ def _serve_options(fn):
     return fn
 
 
-def _options(repo, public_key, allow_unsigned, skip_invalid, versions, labels, batching, batching_parameters_file,
-             max_batch_size, batch_timeout_micros, num_batch_threads, max_enqueued_batches, allowed_batch_sizes,
-             ssl_key, ssl_cert, ssl_ca, ssl_client_verify, **extra):
+def _options(repo: Path, public_key: Path | None, allow_unsigned: bool, skip_invalid: bool, versions: str,
+             labels: tuple[str, ...], batching: bool, batching_parameters_file: Path | None, max_batch_size: int | None,
+             batch_timeout_micros: int | None, num_batch_threads: int | None, max_enqueued_batches: int | None,
+             allowed_batch_sizes: str, ssl_key: Path | None, ssl_cert: Path | None, ssl_ca: Path | None,
+             ssl_client_verify: bool, **extra: Any) -> ServeOptions:
+    from tfship.core.errors import UsageError
     from tfship.serving.config import BatchingOptions, VersionPolicy, parse_labels
-    from tfship.serving.lifecycle import ServeOptions
+    from tfship.serving.options import ServeOptions
 
     batching_options = None
     if batching_parameters_file:
         batching_options = BatchingOptions.from_file(batching_parameters_file)
     elif batching:
-        sizes = tuple(int(s) for s in allowed_batch_sizes.split(",") if s.strip())
-        batching_options = BatchingOptions(max_batch_size=max_batch_size, batch_timeout_micros=batch_timeout_micros,
-                                           num_batch_threads=num_batch_threads, max_enqueued_batches=max_enqueued_batches,
+        try:
+            sizes = tuple(int(s) for s in allowed_batch_sizes.split(",") if s.strip())
+        except ValueError:
+            raise UsageError(f"--allowed-batch-sizes {allowed_batch_sizes!r}: expected increasing integers, e.g. 8,16,32") from None
+        given = {"max_batch_size": max_batch_size, "batch_timeout_micros": batch_timeout_micros,
+                 "num_batch_threads": num_batch_threads, "max_enqueued_batches": max_enqueued_batches}
+        batching_options = BatchingOptions(**{k: v for k, v in given.items() if v is not None},
                                            allowed_batch_sizes=sizes).check()
     return ServeOptions(repo=repo, public_key=public_key, allow_unsigned=allow_unsigned, skip_invalid=skip_invalid,
                         policy=VersionPolicy.parse(versions), labels=parse_labels(labels), batching=batching_options,
@@ -63,7 +78,12 @@ def serve_group() -> None:
     """Serve the model repository with TensorFlow Serving (container) or the local engine."""
 
 
-def _render_up(console, data) -> None:
+def _render_serving(data: dict[str, Any]) -> None:
+    """The foreground engine is up: say where, before it blocks (on stderr: stdout holds the result)."""
+    click.echo(f"serving {', '.join(data['models'])}: gRPC {data['grpc']}, REST {data['rest']} (Ctrl-C stops)", err=True)
+
+
+def _render_up(console: Console, data: dict[str, Any]) -> None:
     if data.get("stopped"):
         console.print("stopped")
         return
@@ -87,15 +107,16 @@ def _render_up(console, data) -> None:
 @click.option("--gpu", is_flag=True, help="Docker: the -gpu image with every GPU attached.")
 @click.option("--image", help="Docker: image to run (default tensorflow/serving:<exporting TF version>).")
 @command("serve up", _render_up)
-def serve_up(engine, host, grpc_port, rest_port, detach, timeout, gpu, image, **kwargs):
+def serve_up(engine: str, host: str, grpc_port: int, rest_port: int, detach: bool, timeout: float, gpu: bool,
+             image: str | None, **kwargs: Any) -> dict[str, Any]:
     """Verify every version, write the configs, start an engine and wait until the models are AVAILABLE."""
     from tfship.serving.lifecycle import up
 
     options = _options(**kwargs, engine=engine, host=host, grpc_port=grpc_port, rest_port=rest_port, timeout=timeout, gpu=gpu, image=image)
-    return up(options, detach=detach)
+    return up(options, detach=detach, on_serving=_render_serving)
 
 
-def _render_config(console, data) -> None:
+def _render_config(console: Console, data: dict[str, Any]) -> None:
     for key in ("models_config", "local_config", "batching_config", "monitoring_config", "ssl_config"):
         if data.get(key):
             console.print(f"{key.replace('_', ' ')}: {data[key]}")
@@ -108,30 +129,34 @@ def _render_config(console, data) -> None:
 @serve_group.command("config")
 @_serve_options
 @command("serve config", _render_config)
-def serve_config(**kwargs):
+def serve_config(**kwargs: Any) -> dict[str, Any]:
     """Verify every version and write models.config (and batching, monitoring, SSL configs) into the repository."""
-    from tfship.serving.lifecycle import write_configs
+    from tfship.serving.config_writer import write_configs
 
     return write_configs(_options(**kwargs)).to_dict()
+
+
+def _render_down(console: Console, data: dict[str, Any]) -> None:
+    console.print(f"stopped the {data['engine']} engine" if data.get("stopped") else data.get("reason", "nothing was running"))
 
 
 @serve_group.command("down")
 @click.option("--repo", type=click.Path(path_type=Path), default=Path("models"), show_default=True)
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to let in-flight requests finish.")
-@command("serve down", lambda console, data: console.print(f"stopped the {data['engine']} engine" if data.get("stopped") else data.get("reason", "nothing was running")))
-def serve_down(repo, timeout):
+@command("serve down", _render_down)
+def serve_down(repo: Path, timeout: float) -> dict[str, Any]:
     """Stop the engine serving the repository (gracefully: in-flight requests finish)."""
     from tfship.serving.lifecycle import down
 
     return down(repo, timeout)
 
 
-def _render_status(console, data) -> None:
+def _render_status(console: Console, data: dict[str, Any]) -> None:
     if not data.get("running"):
         console.print(data.get("reason") or f"the {data.get('engine')} engine is not running")
         return
     console.print(f"{data['engine']} engine: gRPC {data['host']}:{data['grpc_port']}, REST {data['host']}:{data['rest_port']}")
-    rows = []
+    rows: list[list[Any]] = []
     for name, states in data["models"].items():
         if isinstance(states, str):
             rows.append([name, "-", states])
@@ -143,10 +168,10 @@ def _render_status(console, data) -> None:
 @serve_group.command("status")
 @click.option("--repo", type=click.Path(path_type=Path), default=Path("models"), show_default=True)
 @command("serve status", _render_status)
-def serve_status(repo):
+def serve_status(repo: Path) -> tuple[dict[str, Any], int]:
     """Which engine serves the repository, and the state of every model version."""
     from tfship.core.errors import EXIT_UNAVAILABLE
-    from tfship.serving.lifecycle import status
+    from tfship.serving.status import status
 
     data = status(repo)
     return data, (0 if data.get("running") else EXIT_UNAVAILABLE)
@@ -163,12 +188,18 @@ def serve_status(repo):
 @click.option("--poll-seconds", type=float, default=1.0)
 @click.option("--tensorflow-intra-op-parallelism", "intra_op_threads", type=int, default=0)
 @click.option("--tensorflow-inter-op-parallelism", "inter_op_threads", type=int, default=0)
+@click.option("--log-file", type=click.Path(path_type=Path), help="Log here, rotating at a size cap, instead of on stderr.")
 @command("serve run-local")
-def serve_run_local(config_file, host, grpc_port, rest_port, public_key, batching_parameters_file, ssl_config_file, poll_seconds,
-                    intra_op_threads, inter_op_threads):
+def serve_run_local(config_file: Path, host: str, grpc_port: int, rest_port: int, public_key: Path | None,
+                    batching_parameters_file: Path | None, ssl_config_file: Path | None, poll_seconds: float,
+                    intra_op_threads: int, inter_op_threads: int, log_file: Path | None) -> dict[str, Any]:
     """The local engine process (started by 'serve up --detach'); reads a ModelServerConfig like tensorflow_model_server."""
-    from tfship.serving.lifecycle import build_local_engine
+    import logging
 
+    from tfship.serving.local_process import build_local_engine, engine_log_handler
+
+    if log_file:
+        logging.getLogger().handlers[:] = [engine_log_handler(log_file)]
     engine = build_local_engine(config_file, host=host, grpc_port=grpc_port, rest_port=rest_port, public_key=public_key,
                                 batching_file=batching_parameters_file, ssl_config_file=ssl_config_file, poll_seconds=poll_seconds,
                                 intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads)

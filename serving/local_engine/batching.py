@@ -3,6 +3,8 @@
 Like TF Serving's batching session: tasks queue per (servable, signature, input shapes); a batch closes
 when it reaches ``max_batch_size`` or ``batch_timeout_micros`` after its first task; it is padded up to the
 next ``allowed_batch_sizes`` entry; the results are split back, each caller getting its own rows.
+A queue lives only while it holds tasks: its runner holds the model version's function, so a queue
+kept after the last task would keep an unloaded version in memory (one per hot reload).
 
 The batcher lives on the engine's asyncio loop (the gRPC server's): queueing, merging and splitting
 are plain callbacks on that loop, with no thread hand-off per request; only the model call runs on one
@@ -37,6 +39,7 @@ class _Task:
 class _Queue:
     run: Runner
     model_name: str
+    key: tuple
     tasks: list[_Task] = field(default_factory=list)
     pending_rows: int = 0
     timer: asyncio.TimerHandle | None = None
@@ -51,9 +54,15 @@ class Batcher:
         self._free_threads = options.num_batch_threads
         self._on_batch = on_batch
         self._enqueued = 0
+        self._running: set[asyncio.Task[None]] = set()
 
     def stop(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
+
+    @property
+    def queue_count(self) -> int:
+        """Queues holding tasks now (each for one model version, signature and input shapes)."""
+        return len(self._queues)
 
     async def submit(self, key: tuple, model_name: str, arrays: dict[str, np.ndarray], size: int, run: Runner) -> dict[str, np.ndarray]:
         if size > self.options.max_batch_size:
@@ -62,9 +71,10 @@ class Batcher:
             raise EngineError(grpc.StatusCode.UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full")
         loop = asyncio.get_running_loop()
         shapes = tuple((name, arrays[name].shape[1:], arrays[name].dtype.str) for name in sorted(arrays))
-        queue = self._queues.get(key + (shapes,))
+        queue_key = key + (shapes,)
+        queue = self._queues.get(queue_key)
         if queue is None:
-            queue = self._queues[key + (shapes,)] = _Queue(run, model_name)
+            queue = self._queues[queue_key] = _Queue(run, model_name, queue_key)
         task = _Task(arrays, size, loop.create_future())
         queue.tasks.append(task)
         queue.pending_rows += size
@@ -92,12 +102,17 @@ class Batcher:
             queue.pending_rows -= rows
             self._enqueued -= len(batch)
             self._free_threads -= 1
-            loop.create_task(self._execute(queue, batch, rows))
+            running = loop.create_task(self._execute(queue, batch, rows))
+            self._running.add(running)  # the loop keeps only a weak reference to a task
+            running.add_done_callback(self._running.discard)
         if not queue.tasks:
             queue.due = False
             if queue.timer is not None:
                 queue.timer.cancel()
                 queue.timer = None
+            # Batches already taken keep their own reference; the next task for this key opens a new queue.
+            if self._queues.get(queue.key) is queue:
+                del self._queues[queue.key]
 
     async def _execute(self, queue: _Queue, batch: list[_Task], rows: int) -> None:
         target = next((s for s in self.options.allowed_batch_sizes if s >= rows), rows)

@@ -42,7 +42,7 @@ class EngineCore:
             self.batcher.stop()
         self.model_pool.shutdown(wait=True)
 
-    def reload_config(self, config_proto) -> None:
+    def reload_config(self, config_proto: Any) -> None:
         self.manager.reload_config(configs_from_proto(config_proto))
 
     # -- predict ----------------------------------------------------------------------------------
@@ -50,7 +50,9 @@ class EngineCore:
     async def run_async(self, servable: Servable, entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         size = predict.batch_size(arrays)
         if self.batcher is not None and size is not None:
-            return await self.batcher.submit((servable.name, servable.version, entry.key, id(servable)), servable.name,
+            # id(entry): the queue's runner holds ``entry``, so the id cannot be reused by another servable's
+            # signature while a queue for it exists (a reloaded version is a new entry, hence a new queue).
+            return await self.batcher.submit((servable.name, servable.version, entry.key, id(entry)), servable.name,
                                              arrays, size, lambda merged: predict.run_signature(entry, merged))
         return await asyncio.get_running_loop().run_in_executor(self.model_pool, predict.run_signature, entry, arrays)
 
@@ -61,7 +63,8 @@ class EngineCore:
         return asyncio.run_coroutine_threadsafe(self.run_async(servable, entry, arrays), self.loop).result()
 
     def prepare_tensors(self, name: str, signature: str, tensors: dict[str, Any], output_filter: list[str],
-                        version: int | None = None, label: str | None = None):
+                        version: int | None = None, label: str | None = None
+                        ) -> tuple[Servable, SignatureEntry, dict[str, np.ndarray], list[str]]:
         servable = self.manager.resolve(name, version, label)
         entry = predict.signature_of(servable, signature)
         arrays = predict.decode_inputs(entry, tensors)
@@ -69,7 +72,8 @@ class EngineCore:
         return servable, entry, arrays, wanted
 
     async def predict_tensors_async(self, name: str, signature: str, tensors: dict[str, Any], output_filter: list[str],
-                                    version: int | None = None, label: str | None = None):
+                                    version: int | None = None, label: str | None = None
+                                    ) -> tuple[Servable, SignatureEntry, dict[str, np.ndarray]]:
         servable, entry, arrays, wanted = self.prepare_tensors(name, signature, tensors, output_filter, version, label)
         outputs = await self.run_async(servable, entry, arrays)
         if wanted:
@@ -77,13 +81,15 @@ class EngineCore:
         return servable, entry, outputs
 
     def predict_arrays(self, name: str, signature: str, arrays: dict[str, np.ndarray],
-                       version: int | None = None, label: str | None = None):
+                       version: int | None = None, label: str | None = None
+                       ) -> tuple[Servable, SignatureEntry, dict[str, np.ndarray]]:
         servable = self.manager.resolve(name, version, label)
         entry = predict.signature_of(servable, signature)
         checked = predict.check_arrays(entry, arrays)
         return servable, entry, self._run(servable, entry, checked)
 
-    def run_examples(self, request, method: str, api: str, version: int | None = None, label: str | None = None):
+    def run_examples(self, request: Any, method: str, api: str, version: int | None = None, label: str | None = None
+                     ) -> tuple[Servable, SignatureEntry, dict[str, np.ndarray], int]:
         """Classify / Regress: serialized tf.Examples into a classify or regress signature."""
         if not request.HasField("model_spec"):
             raise invalid("Missing ModelSpec")
@@ -107,7 +113,7 @@ class EngineCore:
         outputs = predict.run_signature(entry, {input_name: array})
         return servable, entry, outputs, len(examples)
 
-    def classify(self, request, version: int | None = None, label: str | None = None):
+    def classify(self, request: Any, version: int | None = None, label: str | None = None) -> Any:
         from tensorflow_serving.apis import classification_pb2
 
         servable, entry, outputs, count = self.run_examples(request, "tensorflow/serving/classify", "Classify", version, label)
@@ -115,7 +121,11 @@ class EngineCore:
         response.model_spec.name, response.model_spec.version.value = servable.name, servable.version
         response.model_spec.signature_name = entry.key
         classes, scores = outputs.get("classes"), outputs.get("scores")
-        width = (classes if classes is not None else scores).shape[-1]
+        shaped = classes if classes is not None else scores
+        if shaped is None:
+            raise EngineError(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"Classify: signature '{entry.key}' has neither a 'classes' nor a 'scores' output")
+        width = shaped.shape[-1]
         for row in range(count):
             result = response.result.classifications.add()
             for k in range(width):
@@ -127,7 +137,7 @@ class EngineCore:
                     item.score = float(scores[row][k])
         return response
 
-    def regress(self, request, version: int | None = None, label: str | None = None):
+    def regress(self, request: Any, version: int | None = None, label: str | None = None) -> Any:
         from tensorflow_serving.apis import regression_pb2
 
         servable, entry, outputs, count = self.run_examples(request, "tensorflow/serving/regress", "Regress", version, label)

@@ -77,7 +77,8 @@ class ModelConfig:
     labels: dict[str, int] = field(default_factory=dict)
 
 
-def configs_from_proto(config) -> list[ModelConfig]:
+def configs_from_proto(config: Any) -> list[ModelConfig]:
+    """Model configs from a ``ModelServerConfig`` proto (tensorflow_serving.config)."""
     result = []
     for model in config.model_config_list.config:
         choice = model.model_version_policy.WhichOneof("policy_choice")
@@ -135,10 +136,14 @@ def _signature_entries(loaded: Any, path: Path) -> dict[str, SignatureEntry]:
     return entries
 
 
+def _was_unloaded(state: VersionState) -> bool:
+    return state.state == END and state.error_code == grpc.StatusCode.OK
+
+
 class ModelManager:
     def __init__(self, configs: list[ModelConfig], *, verifier: Callable[[Path], str | None] | None = None,
                  poll_seconds: float = 1.0, warmup_runner: Callable[[Servable, bytes], None] | None = None,
-                 metrics=None) -> None:
+                 metrics: Any = None) -> None:
         self._lock = threading.RLock()
         self._configs = {c.name: c for c in configs}
         self._states: dict[str, dict[int, VersionState]] = {c.name: {} for c in configs}
@@ -194,7 +199,10 @@ class ModelManager:
         desired = set(config.policy.select(on_disk))
         with self._lock:
             states = self._states.setdefault(config.name, {})
-            to_load = [v for v in sorted(desired) if v not in states]
+            # A version unloaded earlier (END with OK) loads again when it is wanted again: rolling back by
+            # removing the newer version brings the older one back, as TF Serving does. A version that
+            # failed (END with an error) is not retried until its directory is replaced.
+            to_load = [v for v in sorted(desired) if v not in states or _was_unloaded(states[v])]
         for version in to_load:
             self._load(config, version)
         with self._lock:
@@ -212,7 +220,7 @@ class ModelManager:
                 if not desired or (desired_settled and desired_ready):
                     state.state = UNLOADING
                     state.servable = None
-                    state.state = END
+                    state.state, state.error_code, state.error_message = END, grpc.StatusCode.OK, ""
                     log.info("unloaded %s version %d", config.name, version)
                     if version not in on_disk:
                         del states[version]
@@ -283,13 +291,14 @@ class ModelManager:
                 version = config.labels[label]
             if version is not None:
                 state = states.get(version)
-                if config is None or state is None or state.state != AVAILABLE:
+                if config is None or state is None or state.state != AVAILABLE or state.servable is None:
                     raise not_found(f"Servable not found for request: Specific({name}, {version})")
                 return state.servable
-            ready = [v for v, s in states.items() if s.state == AVAILABLE]
-            if config is None or not ready:
+            ready = [v for v, s in states.items() if s.state == AVAILABLE and s.servable is not None]
+            servable = states[max(ready)].servable if config is not None and ready else None
+            if servable is None:
                 raise not_found(f"Servable not found for request: Latest({name})")
-            return states[max(ready)].servable
+            return servable
 
     def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionState]:
         with self._lock:
