@@ -519,3 +519,63 @@ def test_large_json_bodies_cost_a_bounded_multiple_of_their_size(model_repo):
     finally:
         process.stdin.close()
         process.wait(60)
+
+
+# --- the reliability runs of bench/reliability.py, bounded ---------------------------------------------------
+
+def _reliability():
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))
+    import reliability
+
+    return reliability
+
+
+@pytest.mark.slow
+def test_reliability_malformed_requests_get_proper_answers(signed_repo, tmp_path):
+    from conftest import copy_repo
+    from engine_helpers import start_engine
+
+    reliability = _reliability()
+    repo = copy_repo(signed_repo["repo"], tmp_path / "models")
+    served = start_engine(repo, models=["digits"])
+    channel = grpc.insecure_channel(f"{HOST}:{served.grpc_port}")
+    try:
+        call = channel.unary_unary(reliability.PREDICT, request_serializer=None, response_deserializer=None)
+        grpc_run = reliability.run_malformed_grpc(call, 2000)
+        assert grpc_run.improper == [], grpc_run.improper[:5]
+        rest_run = reliability.run_malformed_rest(served.rest_port, 500)
+        assert rest_run.improper == [], rest_run.improper[:5]
+        assert sum(grpc_run.answers.values()) == 2000 and sum(rest_run.answers.values()) == 500
+        assert grpc_run.seconds + rest_run.seconds < 300
+        assert call(reliability.good_request(), timeout=30)
+        status, body = reliability.http_status(served.rest_port, _request(
+            "POST", "/v1/models/digits:predict", json.dumps({"instances": np.zeros((1, 8, 8, 1)).tolist()}).encode()))
+        assert status == 200 and len(json.loads(body)["predictions"][0]) == 10
+    finally:
+        channel.close()
+        served.stop(grace=0)
+
+
+@pytest.mark.slow
+def test_reliability_hot_swap_under_load_fails_no_request(signed_repo, tmp_path):
+    import shutil
+
+    from engine_helpers import start_engine
+
+    reliability = _reliability()
+    repo = tmp_path / "models"
+    (repo / "digits").mkdir(parents=True)
+    shutil.copytree(signed_repo["repo"] / "digits" / "1", repo / "digits" / "1")
+    served = start_engine(repo, models=["digits"])
+    channel = grpc.insecure_channel(f"{HOST}:{served.grpc_port}")
+    try:
+        run = reliability.run_transitions(channel, repo, signed_repo["repo"], requests=2000, concurrency=8)
+        assert run.failures == [], run.failures[:5]
+        assert run.served[2] > 0 and sum(run.served.values()) == 2000
+        assert run.states.get(3) == "END" and run.states.get(2) == "AVAILABLE"
+        assert run.seconds < 300
+    finally:
+        channel.close()
+        served.stop(grace=0)
