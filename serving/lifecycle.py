@@ -35,11 +35,18 @@ def choose_engine(requested: str) -> str:
 
 
 def is_running(state: EngineState) -> bool:
-    """Whether the recorded engine still runs (for a local one: the very process that was recorded)."""
+    """Whether the recorded engine still runs (for a local one: the very process that was recorded).
+
+    Raises ServerUnavailable when the recorded container cannot be asked about (no Docker engine answers):
+    a record is never declared stale on a guess.
+    """
     if state.engine == "local":
         return local_process.is_recorded_process(state.pid, state.started_at)
     client = docker_engine.docker_client()
-    return client is not None and bool(state.container) and docker_engine.DockerLauncher(client).running(str(state.container))
+    if client is None:
+        raise ServerUnavailable(f"cannot tell whether container {state.container} still runs: no Docker engine answered "
+                                f"({docker_engine.engine_problem()})")
+    return bool(state.container) and docker_engine.DockerLauncher(client).running(str(state.container))
 
 
 def _refuse_if_serving(repo: Path) -> None:

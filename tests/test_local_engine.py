@@ -15,6 +15,9 @@ import pytest
 from conftest import copy_repo
 from engine_helpers import RequestLoad, official_stubs, self_signed, start_engine, version_states, wait_until
 
+from tfship.core.errors import ServerUnavailable
+from tfship.serving.readiness import wait_ready
+
 
 @pytest.fixture(scope="module")
 def served(signed_repo, keys, tmp_path_factory):
@@ -266,8 +269,22 @@ def test_failed_warmup_ends_the_version(signed_repo, tmp_path):
     try:
         (state,) = engine.core.manager.status("digits")
         assert state.state == "END" and "warmup" in state.error_message
+        # serve up's readiness loop stops at the END state at once, with the server's reason.
+        with pytest.raises(ServerUnavailable) as info:
+            wait_ready(f"127.0.0.1:{engine.grpc_port}", {"digits": [1]}, timeout=30)
+        assert info.value.message.startswith("digits version 1 failed to load: ") and "warmup" in info.value.message
     finally:
         engine.stop(grace=0)
+
+
+def test_readiness_waits_for_every_expected_version(served):
+    target = f"127.0.0.1:{served['engine'].grpc_port}"
+    ready = wait_ready(target, {"digits": [1, 2], "echo": [1]}, timeout=30)
+    assert {name: [(s["version"], s["state"]) for s in states] for name, states in ready.items()} == \
+        {"digits": [(1, "AVAILABLE"), (2, "AVAILABLE")], "echo": [(1, "AVAILABLE")]}
+    with pytest.raises(ServerUnavailable) as info:  # a version the server never loads: the deadline, with what was seen
+        wait_ready(target, {"digits": [3]}, timeout=1)
+    assert "not AVAILABLE after 1s" in info.value.message and "version 2 AVAILABLE" in info.value.message
 
 
 def test_batching_gives_each_caller_its_own_rows(signed_repo, tmp_path):
