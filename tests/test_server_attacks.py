@@ -183,6 +183,20 @@ def test_chunked_body_over_the_limit_is_413(engine):
     assert_still_serving(engine)
 
 
+def test_bodies_held_at_once_are_bounded_over_all_connections(engine):
+    # Nine bodies of almost 1 MiB, each one byte short so the server holds them: over the 8 MiB budget.
+    connections = [Connection(engine.rest_port) for _ in range(9)]
+    try:
+        for connection in connections:
+            connection.send(_request("POST", "/v1/models/double:predict", None, {"Content-Length": "1000000"}) + b" " * 999_999)
+        statuses = sorted(connection.response()[0] for connection in connections)
+    finally:
+        for connection in connections:
+            connection.close()
+    assert 503 in statuses and set(statuses) <= {408, 503}, statuses  # the others wait for their last byte, then 408
+    assert_still_serving(engine)
+
+
 def test_chunked_body_is_read_whole_and_predicts(engine):
     body = json.dumps({"instances": [[0.5, 1.5, 2.5]] * 4}).encode()
     parts = [body[i:i + 7] for i in range(0, len(body), 7)]

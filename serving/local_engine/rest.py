@@ -40,6 +40,7 @@ errors_log = RepeatedErrors(log)
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
                    r"(?:/(?P<metadata>metadata)|:(?P<verb>predict|classify|regress))?$")
 _INT64_MAX = (1 << 63) - 1
+_SERVER = {"Server": "tfship-local-engine"}  # not aiohttp's default, which names the Python and aiohttp versions
 _HTTP_STATUS_NAMES = {408: "DEADLINE_EXCEEDED", 413: "INVALID_ARGUMENT", 503: "UNAVAILABLE"}
 
 
@@ -281,7 +282,7 @@ def _handler_class(limits: RestLimits) -> type[web.RequestHandler]:
             else:
                 answer = _parse_error_response(exc, limits)
                 log.debug("REST request refused by the HTTP parser: %s", answer[1])
-            response = web.Response(status=answer[0], body=_error_body(answer[1]), content_type="application/json")
+            response = web.Response(status=answer[0], body=_error_body(answer[1]), content_type="application/json", headers=_SERVER)
             response.force_close()  # the stream cannot be trusted past a message that did not parse
             return response
 
@@ -363,7 +364,7 @@ class RestServer:
 
     @staticmethod
     def _json_response(status: int, payload: bytes, *, close: bool = False) -> web.Response:
-        response = web.Response(status=status, body=payload, content_type="application/json")
+        response = web.Response(status=status, body=payload, content_type="application/json", headers=_SERVER)
         if close:
             response.force_close()
         return response
@@ -373,7 +374,7 @@ class RestServer:
         try:
             if request.method in ("GET", "HEAD") and path == PROMETHEUS_PATH:
                 return web.Response(body=self.core.metrics.render().encode("utf-8"),
-                                    headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+                                    headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8", **_SERVER})
             return await self._route(request, path)
         except HttpError as exc:
             # The body may be partly unread: close rather than read what follows as a new request.
