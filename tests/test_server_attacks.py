@@ -206,6 +206,22 @@ def test_chunked_body_is_read_whole_and_predicts(engine):
     assert status == 200 and json.loads(answer) == {"predictions": [[1.0, 3.0, 5.0]] * 4}
 
 
+def test_expect_100_continue_is_answered_before_the_body(engine):
+    body = json.dumps({"instances": [[1.0, 2.0]]}).encode()
+    connection = Connection(engine.rest_port)
+    try:
+        connection.send(_request("POST", "/v1/models/double:predict", None, {"Content-Length": str(len(body)), "Expect": "100-continue"}))
+        while b"\r\n\r\n" not in connection.buffer:
+            assert connection._fill()
+        assert connection.buffer.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        connection.buffer = connection.buffer[len(b"HTTP/1.1 100 Continue\r\n\r\n"):]
+        connection.send(body)
+        status, _, answer = connection.response()
+        assert status == 200 and json.loads(answer) == {"predictions": [[2.0, 4.0]]}
+    finally:
+        connection.close()
+
+
 def test_body_shorter_than_its_content_length_times_out_with_408(engine):
     connection = Connection(engine.rest_port)
     connection.send(_request("POST", "/v1/models/double:predict", None, {"Content-Length": "100"}) + b'{"instances"')

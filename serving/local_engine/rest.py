@@ -345,6 +345,10 @@ class RestServer:
         limit = self.limits.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise HttpError(413, f"request body of {request.content_length} bytes is larger than the limit of {limit} bytes")
+        if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+            # curl asks before sending a body over 1 KiB and waits a second for this answer.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # as aiohttp's own expect handler: the response proper has not started
         body = bytearray()
 
         async def receive() -> None:
