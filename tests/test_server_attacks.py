@@ -197,6 +197,19 @@ def test_bodies_held_at_once_are_bounded_over_all_connections(engine):
     assert_still_serving(engine)
 
 
+def test_gzip_bodies_are_limited_by_their_inflated_size(engine):
+    import gzip
+
+    small = gzip.compress(json.dumps({"instances": [[1.0, 2.0]]}).encode())
+    status, _, answer = _call(engine.rest_port, _request("POST", "/v1/models/double:predict", small, {"Content-Encoding": "gzip",
+                                                                                                      "Content-Length": str(len(small))}))
+    assert status == 200 and json.loads(answer) == {"predictions": [[2.0, 4.0]]}
+    bomb = gzip.compress(b" " * (100 << 20), compresslevel=9)  # about 100 KB that inflate to 100 MiB
+    raw = _request("POST", "/v1/models/double:predict", bomb, {"Content-Encoding": "gzip", "Content-Length": str(len(bomb))})
+    assert "larger than the limit" in _json_error(_call(engine.rest_port, raw), 413)
+    assert_still_serving(engine)
+
+
 def test_chunked_body_is_read_whole_and_predicts(engine):
     body = json.dumps({"instances": [[0.5, 1.5, 2.5]] * 4}).encode()
     parts = [body[i:i + 7] for i in range(0, len(body), 7)]
