@@ -48,7 +48,9 @@ class ArtifactParity:
     format: str
     variant: str
     path: str
-    status: str  # pass, mismatch, failed (could not be produced or run)
+    # pass, mismatch, or failed: not produced (the conversion failed, or the converted file does not
+    # run); a failed artifact's file is left out of the version and ``error`` says why.
+    status: str
     error: str = ""
     tolerance: dict[str, Any] = field(default_factory=dict)
     outputs: tuple[dict[str, Any], ...] = ()
@@ -86,8 +88,8 @@ class Manifest:
         return path
 
     @classmethod
-    def read(cls, directory: Path) -> Manifest:
-        data = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """The inverse of :meth:`to_dict` (the export worker sends its manifest to the parent so)."""
         return cls(
             tfship_version=data["tfship_version"], name=data["name"], version=int(data["version"]),
             created=data["created"], source=data["source"], libraries=data["libraries"],

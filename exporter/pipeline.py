@@ -1,4 +1,8 @@
-"""``tfship export``: source → SavedModel → TFLite → ONNX → parity → golden set, warmup, manifest → sign → publish."""
+"""``tfship export``: source → SavedModel → TFLite → ONNX → parity → golden set, warmup, manifest → sign → publish.
+
+:func:`export` runs here; :func:`build_version` (everything that reads the model file) runs in the
+confined export worker (:mod:`tfship.exporter.worker`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +28,7 @@ from tfship.exporter import repository, sources, tflite, warmup
 from tfship.exporter import samples as sample_inputs
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 DEFAULT_TOLERANCES = {
@@ -83,7 +89,7 @@ class ExportResult:
         }
 
 
-def _min_top1(outputs) -> float | None:
+def _min_top1(outputs: tuple[dict[str, Any], ...]) -> float | None:
     values = [o["top1_agreement"] for o in outputs if o.get("top1_agreement") is not None]
     return min(values) if values else None
 
@@ -110,7 +116,7 @@ class _Stages:
         self.timings: dict[str, float] = {}
         self.progress = progress
 
-    def run(self, name: str, message: str, fn: Callable):
+    def run(self, name: str, message: str, fn: Callable[[], T]) -> T:
         self.progress(message)
         start = time.perf_counter()
         try:
@@ -119,8 +125,8 @@ class _Stages:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
 
-def export(options: ExportOptions, progress: Callable[[str], None] | None = None) -> ExportResult:
-    progress = progress or (lambda message: log.info("%s", message))
+def check_options(options: ExportOptions) -> None:
+    """Usage errors, found before any file is read."""
     repository.check_name(options.name)
     unknown = [f for f in options.formats if f not in FORMATS]
     if unknown:
@@ -137,49 +143,25 @@ def export(options: ExportOptions, progress: Callable[[str], None] | None = None
     if options.opset not in onnx_export.SUPPORTED_OPSETS:
         raise UsageError(f"--opset {options.opset}: choose {onnx_export.SUPPORTED_OPSETS.start}-{onnx_export.SUPPORTED_OPSETS.stop - 1}")
 
-    stages = _Stages(progress)
-    source = Path(options.source)
-    loaded = stages.run("load", f"loading {source}", lambda: sources.load_source(
-        source, architecture=options.architecture, custom_objects_spec=options.custom_objects,
-        trust_code=options.trust_code, signature_key=options.signature))
-    for notice in loaded.notices:
-        progress(f"notice: {notice}")
 
-    if options.samples:
-        inputs = sample_inputs.load_npz_inputs(Path(options.samples), loaded.signature)
-        sample_info = {"source": str(options.samples), "count": len(next(iter(inputs.values())))}
-    else:
-        inputs = sample_inputs.generate_inputs(loaded.signature, options.num_samples, loaded.vocab_sizes)
-        sample_info = {"source": "generated", "seed": sample_inputs.SEED, "count": options.num_samples}
-    calibration = sample_inputs.load_npz_inputs(Path(options.calibration), loaded.signature, "--calibration") if options.calibration else inputs
+def export(options: ExportOptions, progress: Callable[[str], None] | None = None) -> ExportResult:
+    """Export ``options.source`` as a new version of ``options.name``.
 
-    def original_outputs():
-        try:
-            return loaded.predict(inputs)
-        except TfshipError:
-            raise
-        except Exception as exc:
-            raise ExportError(f"{source}: the model fails on the sample inputs: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
+    The model file is loaded, converted and checked by :mod:`tfship.exporter.worker` in a confined
+    child process that writes only the staging directory; this process keeps the signing key, signs
+    the finished directory and renames it into the repository.
+    """
+    from tfship.exporter import worker
 
-    reference = stages.run("original", "running the original model on the sample inputs", original_outputs)
-
+    report = progress or (lambda message: log.info("%s", message))
+    check_options(options)
     model_dir = Path(options.repo) / options.name
     version = repository.next_version(model_dir, options.version)
     staging = repository.staging_dir(model_dir)
     try:
-        artifacts, parity = _build(staging, loaded, inputs, reference, calibration, options, stages)
-        stages.run("write", "writing golden set, warmup records and manifest", lambda: _write_support(staging, options.name, inputs, reference))
-        artifacts.append(mf.Artifact("golden", "float32", mf.GOLDEN, mf.describe_files(staging, mf.GOLDEN)))
-        artifacts.append(mf.Artifact("warmup", "float32", mf.WARMUP, mf.describe_files(staging, mf.WARMUP)))
-        manifest = mf.Manifest(
-            tfship_version=_library_versions().get("tfship", "0"), name=options.name, version=version,
-            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            source={"path": str(source), "kind": loaded.kind, "sha256": _source_digest(source)},
-            libraries={**_library_versions(), "onnx_opset": str(options.opset)},
-            signature=loaded.signature, artifacts=tuple(artifacts), parity=tuple(parity),
-            samples=sample_info, notices=tuple(loaded.notices),
-        )
-        manifest.write(staging)
+        manifest, timings = worker.build_in_child(options, staging, version, report)
+        worker.check_staging(staging)
+        parity = manifest.parity
         failed = [p for p in parity if p.status == "failed"]
         if failed and options.strict:
             raise ExportError(f"{failed[0].label} could not be produced ({failed[0].error}); --strict makes that fatal")
@@ -190,13 +172,68 @@ def export(options: ExportOptions, progress: Callable[[str], None] | None = None
                 f"{first.label} does not predict what the original predicts: {first.error}; "
                 f"no version was written (pass --allow-mismatch to keep it, or loosen --atol/--rtol)"
             )
-        if options.sign_key:
-            stages.run("sign", "signing the version", lambda: signing.sign(staging, key=Path(options.sign_key), password=options.sign_key_password))
+        stages = _Stages(report)
+        stages.timings.update(timings)
+        sign_key = options.sign_key
+        if sign_key is not None:
+            stages.run("sign", "signing the version", lambda: signing.sign(staging, key=Path(sign_key), password=options.sign_key_password))
         final = repository.publish(staging, model_dir, version)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportResult(name=options.name, version=version, directory=final, manifest=manifest, timings=stages.timings)
+
+
+def build_version(options: ExportOptions, staging: Path, version: int, progress: Callable[[str], None],
+                  source_label: str | None = None) -> tuple[mf.Manifest, dict[str, float]]:
+    """Load the source and write every artifact, the golden set, warmup records and the manifest into ``staging``.
+
+    This is the part that reads the untrusted file: :func:`export` runs it in the confined worker.
+    """
+    stages = _Stages(progress)
+    source = Path(options.source)
+    loaded = stages.run("load", f"loading {source_label or source}", lambda: sources.load_source(
+        source, architecture=options.architecture, custom_objects_spec=options.custom_objects,
+        trust_code=options.trust_code, signature_key=options.signature))
+    for notice in loaded.notices:
+        progress(f"notice: {notice}")
+
+    if options.samples:
+        inputs = sample_inputs.load_npz_inputs(Path(options.samples), loaded.signature)
+        sample_info: dict[str, Any] = {"source": str(options.samples), "count": len(next(iter(inputs.values())))}
+    else:
+        inputs = sample_inputs.generate_inputs(loaded.signature, options.num_samples, loaded.vocab_sizes)
+        sample_info = {"source": "generated", "seed": sample_inputs.SEED, "count": options.num_samples}
+    calibration = sample_inputs.load_npz_inputs(Path(options.calibration), loaded.signature, "--calibration") if options.calibration else inputs
+
+    def original_outputs() -> dict[str, np.ndarray]:
+        try:
+            return loaded.predict(inputs)
+        except TfshipError:
+            raise
+        except Exception as exc:
+            raise ExportError(f"{source}: the model fails on the sample inputs: {_first_line(exc)}") from exc
+
+    reference = stages.run("original", "running the original model on the sample inputs", original_outputs)
+    artifacts, parity = _build(staging, loaded, inputs, reference, calibration, options, stages)
+    stages.run("write", "writing golden set, warmup records and manifest", lambda: _write_support(staging, options.name, inputs, reference))
+    artifacts.append(mf.Artifact("golden", "float32", mf.GOLDEN, mf.describe_files(staging, mf.GOLDEN)))
+    artifacts.append(mf.Artifact("warmup", "float32", mf.WARMUP, mf.describe_files(staging, mf.WARMUP)))
+    manifest = mf.Manifest(
+        tfship_version=_library_versions().get("tfship", "0"), name=options.name, version=version,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        source={"path": source_label or str(source), "kind": loaded.kind, "sha256": _source_digest(source)},
+        libraries={**_library_versions(), "onnx_opset": str(options.opset)},
+        signature=loaded.signature, artifacts=tuple(artifacts), parity=tuple(parity),
+        samples=sample_info, notices=tuple(loaded.notices),
+    )
+    manifest.write(staging)
+    return manifest, stages.timings
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
 
 def _source_digest(source: Path) -> str:
@@ -211,11 +248,12 @@ def _write_support(staging: Path, name: str, inputs: dict[str, np.ndarray], refe
     arrays = {f"inputs/{k}": v for k, v in inputs.items()}
     arrays.update({f"outputs/{k}": v for k, v in reference.items()})
     with (staging / mf.GOLDEN).open("wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
     warmup.write(staging / mf.WARMUP, name, inputs)
 
 
-def _parity(label: str, fmt: str, variant: str, path: str, reference, actual, options) -> mf.ArtifactParity:
+def _parity(label: str, fmt: str, variant: str, path: str, reference: dict[str, np.ndarray], actual: dict[str, np.ndarray],
+            options: ExportOptions) -> mf.ArtifactParity:
     tolerance = tolerance_for(label, options)
     comparison: Comparison = compare_outputs(reference, actual, tolerance)
     failures = comparison.failures()
@@ -229,68 +267,77 @@ def _failed(fmt: str, variant: str, path: str, error: str) -> mf.ArtifactParity:
     return mf.ArtifactParity(format=fmt, variant=variant, path=path, status="failed", error=error)
 
 
-def _build(staging, loaded, inputs, reference, calibration, options, stages):
+def _build(staging: Path, loaded: sources.LoadedModel, inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+           calibration: dict[str, np.ndarray], options: ExportOptions, stages: _Stages) -> tuple[list[mf.Artifact], list[mf.ArtifactParity]]:
     import tensorflow as tf
 
     artifacts: list[mf.Artifact] = []
     parity: list[mf.ArtifactParity] = []
 
-    def write_savedmodel():
+    def write_savedmodel() -> None:
         try:
             loaded.write_savedmodel(staging)
         except TfshipError:
             raise
         except Exception as exc:
-            raise ExportError(f"{loaded.source}: writing the SavedModel failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
+            raise ExportError(f"{loaded.source}: writing the SavedModel failed: {_first_line(exc)}") from exc
 
     stages.run("savedmodel", "writing the SavedModel (serving_default)", write_savedmodel)
     files = tuple(f for f in mf.describe_files(staging, ".") if f.path == "saved_model.pb" or f.path.startswith(("variables/", "fingerprint.pb", "assets/")))
     artifacts.append(mf.Artifact("savedmodel", "float32", ".", files))
 
-    def savedmodel_outputs():
-        served = tf.saved_model.load(str(staging)).signatures["serving_default"]
-        result = {}
-        for start in range(0, len(next(iter(inputs.values()))), 256):
-            part = served(**{k: tf.constant(v[start:start + 256]) for k, v in inputs.items()})
-            for key, value in part.items():
-                result.setdefault(key, []).append(value.numpy())
+    def savedmodel_outputs() -> dict[str, np.ndarray]:
+        try:
+            served = tf.saved_model.load(str(staging)).signatures["serving_default"]
+            result: dict[str, list[np.ndarray]] = {}
+            for start in range(0, len(next(iter(inputs.values()))), 256):
+                part = served(**{k: tf.constant(v[start:start + 256]) for k, v in inputs.items()})
+                for key, value in part.items():
+                    result.setdefault(key, []).append(value.numpy())
+        except Exception as exc:  # TF Serving serves this directory: a SavedModel that does not run is fatal
+            raise ExportError(f"{loaded.source}: the written SavedModel does not run: {_first_line(exc)}") from exc
         return {k: np.concatenate(v) for k, v in result.items()}
 
     parity.append(stages.run("parity", "checking the SavedModel against the original",
                              lambda: _parity("savedmodel", "savedmodel", "float32", ".", reference, savedmodel_outputs(), options)))
 
+    def add_converted(fmt: str, variant: str, filename: str, convert: Callable[[], object],
+                      run: Callable[[], dict[str, np.ndarray]], message: str) -> None:
+        """Convert, then run; a file that does not convert or does not run is left out of the version."""
+        label = fmt if variant == "float32" else f"{fmt}:{variant}"
+        try:
+            stages.run(fmt, message, convert)
+        except ExportError as exc:
+            (staging / filename).unlink(missing_ok=True)
+            stages.progress(f"warning: {label}: {exc.message}")
+            parity.append(_failed(fmt, variant, filename, exc.message))
+            return
+        try:
+            actual = stages.run("parity", f"checking {filename} against the original", run)
+        except Exception as exc:  # the runtime refuses or crashes on the converted file
+            (staging / filename).unlink(missing_ok=True)
+            reason = f"{filename} converted but does not run ({_first_line(exc)}); it is left out of the version"
+            stages.progress(f"warning: {label}: {reason}")
+            parity.append(_failed(fmt, variant, filename, reason))
+            return
+        artifacts.append(mf.Artifact(fmt, variant, filename, mf.describe_files(staging, filename)))
+        parity.append(_parity(label, fmt, variant, filename, reference, actual, options))
+
     if "tflite" in options.formats:
         for variant in ("float32",) + tuple(options.tflite_quantize):
             filename = "model.tflite" if variant == "float32" else f"model.{variant}.tflite"
-            label = "tflite" if variant == "float32" else f"tflite:{variant}"
-            try:
-                notices = stages.run("tflite", f"converting to TFLite ({variant})", lambda: tflite.convert(
-                    staging, staging / filename, variant, calibration=calibration, keras_model=loaded.keras_model))
-                loaded.notices.extend(notices)
-            except ExportError as exc:
-                (staging / filename).unlink(missing_ok=True)
-                stages.progress(f"warning: {label}: {exc.message}")
-                parity.append(_failed("tflite", variant, filename, exc.message))
-                continue
-            artifacts.append(mf.Artifact("tflite", variant, filename, mf.describe_files(staging, filename)))
-            try:
-                actual = stages.run("parity", f"checking {filename} against the original", lambda: tflite.run(staging / filename, inputs))
-                parity.append(_parity(label, "tflite", variant, filename, reference, actual, options))
-            except Exception as exc:
-                parity.append(_failed("tflite", variant, filename, f"running {filename} failed: {type(exc).__name__}: {str(exc)[:200]}"))
+            path = staging / filename
+
+            def convert_tflite(path: Path = path, variant: str = variant) -> None:
+                loaded.notices.extend(tflite.convert(staging, path, variant, calibration=calibration, keras_model=loaded.keras_model))
+
+            def run_tflite(path: Path = path) -> dict[str, np.ndarray]:
+                return tflite.run(path, inputs)
+
+            add_converted("tflite", variant, filename, convert_tflite, run_tflite, f"converting to TFLite ({variant})")
 
     if "onnx" in options.formats:
-        try:
-            stages.run("onnx", f"converting to ONNX (opset {options.opset})", lambda: onnx_export.convert(staging, staging / "model.onnx", options.opset))
-        except ExportError as exc:
-            (staging / "model.onnx").unlink(missing_ok=True)
-            stages.progress(f"warning: onnx: {exc.message}")
-            parity.append(_failed("onnx", "float32", "model.onnx", exc.message))
-        else:
-            artifacts.append(mf.Artifact("onnx", "float32", "model.onnx", mf.describe_files(staging, "model.onnx")))
-            try:
-                actual = stages.run("parity", "checking model.onnx against the original", lambda: onnx_export.run(staging / "model.onnx", inputs))
-                parity.append(_parity("onnx", "onnx", "float32", "model.onnx", reference, actual, options))
-            except Exception as exc:
-                parity.append(_failed("onnx", "float32", "model.onnx", f"running model.onnx failed: {type(exc).__name__}: {str(exc)[:200]}"))
+        onnx_path = staging / "model.onnx"
+        add_converted("onnx", "float32", "model.onnx", lambda: onnx_export.convert(staging, onnx_path, options.opset),
+                      lambda: onnx_export.run(onnx_path, inputs), f"converting to ONNX (opset {options.opset})")
     return artifacts, parity

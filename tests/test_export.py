@@ -334,3 +334,35 @@ def test_gpu_only_cudnn_lstm_maps_to_lstm(tmp_path):
 
 def data_input(golden) -> str:
     return next(k.split("/", 1)[1] for k in golden.files if k.startswith("inputs/"))
+
+
+def test_converted_file_that_does_not_run_is_not_shipped(tmp_path, keys):
+    import keras
+
+    # A real case: a float64 GELU converts to ONNX, but tf2onnx emits an `Erfc` node, which is no ONNX
+    # operator, so onnxruntime refuses to load the file ("INVALID_GRAPH ... Erfc").
+    x = keras.Input((4,), name="x", dtype="float64")
+    model = keras.Model(x, keras.layers.Dense(3, activation="gelu", dtype="float64", name="y")(x))
+    model.save(tmp_path / "f64.keras")
+    repo = tmp_path / "models"
+    result = run_cli("export", tmp_path / "f64.keras", "--name", "f64", "--repo", repo, "--formats", "savedmodel,onnx",
+                     "--sign-key", keys["private"], "--json")
+    assert result.exit_code == 0, result.stderr
+    parity = {p["artifact"]: p for p in json.loads(result.stdout)["data"]["parity"]}
+    assert parity["savedmodel"]["status"] == "pass"
+    assert parity["onnx"]["status"] == "failed"
+    assert "model.onnx converted but does not run" in parity["onnx"]["error"] and "Erfc" in parity["onnx"]["error"]
+    version = repo / "f64" / "1"
+    assert not (version / "model.onnx").exists()
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert [a["format"] for a in manifest["artifacts"] if a["format"] == "onnx"] == []
+    assert not any(f["path"] == "model.onnx" for a in manifest["artifacts"] for f in a["files"])
+    recorded = next(p for p in manifest["parity"] if p["format"] == "onnx")
+    assert recorded["status"] == "failed" and "left out of the version" in recorded["error"]
+    verified = run_cli("verify", version, "--public-key", keys["public"])
+    assert verified.exit_code == 0, verified.stderr
+
+    strict = run_cli("export", tmp_path / "f64.keras", "--name", "f64", "--repo", repo, "--formats", "savedmodel,onnx", "--strict")
+    assert strict.exit_code == 1
+    assert "onnx could not be produced" in strict.stderr and "--strict" in strict.stderr
+    assert sorted(p.name for p in (repo / "f64").iterdir()) == ["1"]

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from tfship import render
 from tfship.command import command, log, parse_tolerances, split_list
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-def _render_export(console, data) -> None:
+
+def _render_export(console: Console, data: dict[str, Any]) -> None:
     rows = []
     for p in data["parity"]:
         rows.append([p["artifact"], p["status"], render.fmt_float(p["max_abs"]),
@@ -34,7 +38,7 @@ def _render_export(console, data) -> None:
 @click.option("--num-samples", type=click.IntRange(1, 100_000), default=32, show_default=True, help="Generated samples when --samples is not given.")
 @click.option("--architecture", help="With a weights-only SOURCE: arch.json (model.to_json()) or module:build_fn.")
 @click.option("--custom-objects", help="module.py or pkg.module defining the model's custom layers.")
-@click.option("--trust-code", is_flag=True, help="Allow code stored in the model file (Lambda layers) to run.")
+@click.option("--trust-code", is_flag=True, help="Allow code stored in the model file (Lambda layers) to run (still inside the confined export worker).")
 @click.option("--signature", default="serving_default", show_default=True, help="Signature of a SavedModel SOURCE to export.")
 @click.option("--sign-key", type=click.Path(path_type=Path), envvar="TFSHIP_SIGN_KEY", help="Private key to sign the version [env TFSHIP_SIGN_KEY].")
 @click.option("--sign-key-password", envvar="TFSHIP_SIGN_KEY_PASSWORD", help="Password of the signing key [env TFSHIP_SIGN_KEY_PASSWORD].")
