@@ -57,6 +57,11 @@ class RestLimits:
     parse_threads: int = 2
     json: bounded_json.JsonLimits = field(default_factory=bounded_json.JsonLimits)
 
+    def __post_init__(self) -> None:
+        if self.max_url_bytes == self.max_header_bytes:
+            # The HTTP parser reports both overflows alike; only the limit tells a 414 from a 431.
+            raise ValueError(f"max_url_bytes and max_header_bytes must differ (both {self.max_url_bytes})")
+
 
 class HttpError(Exception):
     """An answer that is not an engine status: 408, 413, 414, 431, 503 at the HTTP layer."""
