@@ -106,6 +106,9 @@ def _run(request: dict[str, Any], cwd: Path, tmp: Path, log_path: Path,
             child = subprocess.Popen([sys.executable, "-m", "tfship.exporter.worker"], stdin=subprocess.PIPE,
                                      stdout=output, stderr=output, cwd=cwd, env=env, pass_fds=(write_fd,),
                                      start_new_session=True)
+    except BaseException:
+        os.close(read_fd)
+        raise
     finally:
         os.close(write_fd)
     last_progress = "starting"
@@ -142,6 +145,10 @@ def _run(request: dict[str, Any], cwd: Path, tmp: Path, log_path: Path,
         if child.poll() is None:
             child.kill()
             child.wait()
+        try:  # anything the worker started (trusted code may fork) goes with it
+            os.killpg(child.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     tail = _tail(log_path)
     if tail.strip():
         log.debug("export worker output:\n%s", tail.rstrip())
