@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -48,7 +49,7 @@ def model_repo(tmp_path_factory):
     return repo
 
 
-def _start(repo: Path, limits=None):
+def _start(repo: Path, limits: Any = None) -> Any:
     from tfship.serving.config import VersionPolicy
     from tfship.serving.local_engine import LocalEngine, ModelConfig
 
@@ -145,8 +146,8 @@ def _predict(port: int, body: dict, model: str = "double") -> tuple[int, dict[st
     return _call(port, _request("POST", f"/v1/models/{model}:predict", json.dumps(body).encode()))
 
 
-def assert_still_serving(engine) -> None:
-    status, _, body = _predict(engine.rest_port, {"instances": [[1.0, 2.0]]})
+def assert_still_serving(port: int) -> None:
+    status, _, body = _predict(port, {"instances": [[1.0, 2.0]]})
     assert status == 200 and json.loads(body) == {"predictions": [[2.0, 4.0]]}
 
 
@@ -158,7 +159,7 @@ def test_content_length_minus_one_is_a_json_400_and_closes(engine):
     message = _json_error(connection.response(), 400)
     assert "Content-Length" in message
     assert connection.closed_by_server()
-    assert_still_serving(engine)
+    assert_still_serving(engine.rest_port)
 
 
 def test_declared_body_over_the_limit_is_413_before_it_is_read(engine):
@@ -167,7 +168,7 @@ def test_declared_body_over_the_limit_is_413_before_it_is_read(engine):
     message = _json_error(connection.response(), 413)
     assert "larger than the limit of 1048576 bytes" in message
     assert connection.closed_by_server()
-    assert_still_serving(engine)
+    assert_still_serving(engine.rest_port)
 
 
 def test_chunked_body_over_the_limit_is_413(engine):
@@ -180,7 +181,7 @@ def test_chunked_body_over_the_limit_is_413(engine):
     except (BrokenPipeError, ConnectionResetError):
         pass
     assert "larger than the limit" in _json_error(connection.response(), 413)
-    assert_still_serving(engine)
+    assert_still_serving(engine.rest_port)
 
 
 def test_bodies_held_at_once_are_bounded_over_all_connections(engine):
@@ -194,7 +195,7 @@ def test_bodies_held_at_once_are_bounded_over_all_connections(engine):
         for connection in connections:
             connection.close()
     assert 503 in statuses and set(statuses) <= {408, 503}, statuses  # the others wait for their last byte, then 408
-    assert_still_serving(engine)
+    assert_still_serving(engine.rest_port)
 
 
 def test_gzip_bodies_are_limited_by_their_inflated_size(engine):
@@ -207,7 +208,7 @@ def test_gzip_bodies_are_limited_by_their_inflated_size(engine):
     bomb = gzip.compress(b" " * (100 << 20), compresslevel=9)  # about 100 KB that inflate to 100 MiB
     raw = _request("POST", "/v1/models/double:predict", bomb, {"Content-Encoding": "gzip", "Content-Length": str(len(bomb))})
     assert "larger than the limit" in _json_error(_call(engine.rest_port, raw), 413)
-    assert_still_serving(engine)
+    assert_still_serving(engine.rest_port)
 
 
 def test_chunked_body_is_read_whole_and_predicts(engine):
@@ -241,7 +242,7 @@ def test_body_shorter_than_its_content_length_times_out_with_408(engine):
     message = _json_error(connection.response(), 408)
     assert "did not arrive within 1.5 s" in message
     assert connection.closed_by_server()
-    assert_still_serving(engine)
+    assert_still_serving(engine.rest_port)
 
 
 def test_bytes_after_a_lying_content_length_are_not_run_as_a_request(engine):
@@ -287,14 +288,14 @@ def test_a_refused_oversized_body_closes_the_connection_instead_of_reading_on(en
 def test_long_url_is_414_in_tf_serving_json(engine):
     message = _json_error(_call(engine.rest_port, _request("GET", "/v1/models/" + "a" * 20_000)), 414)
     assert "8192 bytes" in message
-    assert_still_serving(engine)
+    assert_still_serving(engine.rest_port)
 
 
 def test_large_or_many_headers_are_431_in_tf_serving_json(engine):
     assert "a header line" in _json_error(_call(engine.rest_port, _request("GET", "/v1/models/double", None, {"X-Big": "b" * 20_000})), 431)
     many = {f"X-H{i}": "v" for i in range(300)}
     assert "more than 100 headers" in _json_error(_call(engine.rest_port, _request("GET", "/v1/models/double", None, many)), 431)
-    assert_still_serving(engine)
+    assert_still_serving(engine.rest_port)
 
 
 def test_silent_and_slow_header_connections_are_closed(engine):
@@ -304,7 +305,7 @@ def test_silent_and_slow_header_connections_are_closed(engine):
     began = time.monotonic()
     assert silent.closed_by_server() and slow.closed_by_server()  # the header timeout is 1.5 s
     assert time.monotonic() - began < 8
-    assert_still_serving(engine)
+    assert_still_serving(engine.rest_port)
 
 
 # --- JSON --------------------------------------------------------------------------------------------------
@@ -316,7 +317,7 @@ def test_deep_nesting_is_400_not_a_recursion_error(engine):
     # Brackets inside strings are text, not nesting.
     status, _, answer = _predict(engine.rest_port, {"instances": ["[" * 5000]}, model="text")
     assert status == 200 and json.loads(answer) == {"predictions": [5000]}
-    assert_still_serving(engine)
+    assert_still_serving(engine.rest_port)
 
 
 def test_too_many_values_is_400(engine):
@@ -447,7 +448,7 @@ def test_200_simultaneous_connects_are_not_reset(engine):
 
 # --- gRPC: tensors whose dims do not make sense ------------------------------------------------------------
 
-def _tensor_request(dims: list[int], *, content: bytes = b"", floats: tuple[float, ...] = ()):
+def _tensor_request(dims: list[int], *, content: bytes = b"", floats: tuple[float, ...] = ()) -> Any:
     from tensorflow.core.framework import tensor_pb2, types_pb2
     from tensorflow_serving.apis import predict_pb2
 
@@ -460,7 +461,7 @@ def _tensor_request(dims: list[int], *, content: bytes = b"", floats: tuple[floa
     return request
 
 
-GRPC_DIMS = {
+GRPC_DIMS: dict[str, tuple[list[int], dict[str, Any], str]] = {
     "product wraps int64 to 0": ([1 << 32, 1 << 32], {}, "more than TensorFlow's limit of 2**63-1"),
     "product overflows int64": ([1 << 62, 4], {"floats": (1.0,)}, "more than TensorFlow's limit of 2**63-1"),
     "largest dims": ([(1 << 63) - 1, (1 << 63) - 1], {}, "more than TensorFlow's limit of 2**63-1"),
@@ -541,9 +542,10 @@ def _kib(pid: int, field: str) -> int:
 def test_large_json_bodies_cost_a_bounded_multiple_of_their_size(model_repo):
     process = subprocess.Popen([sys.executable, "-c", SERVER, str(model_repo)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                text=True)
+    assert process.stdin is not None and process.stdout is not None
     try:
         ports = json.loads(process.stdout.readline())
-        assert_still_serving(type("Engine", (), {"rest_port": ports["rest"]}))
+        assert_still_serving(ports["rest"])
 
         def peak_growth(body: bytes) -> tuple[int, float]:
             Path(f"/proc/{process.pid}/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
@@ -558,7 +560,7 @@ def test_large_json_bodies_cost_a_bounded_multiple_of_their_size(model_repo):
         empties = b'{"instances": [' + b",".join([b"[]"] * 5_000_000) + b"]}"  # 15 MB of the costliest values
         status, ratio = peak_growth(empties)
         assert status == 400 and ratio < 4, ratio
-        assert_still_serving(type("Engine", (), {"rest_port": ports["rest"]}))
+        assert_still_serving(ports["rest"])
     finally:
         process.stdin.close()
         process.wait(60)
