@@ -47,7 +47,7 @@ CODE_LAYERS = {
 }
 # Lookup layers accept a file path as vocabulary and read it at load time: a host file would end up in
 # the model (Keras writes the vocabulary into the file's assets, so a real file never needs a path).
-VOCABULARY_LAYERS = ("StringLookup", "IntegerLookup", "TextVectorization", "Hashing")
+VOCABULARY_LAYERS = ("StringLookup", "IntegerLookup", "TextVectorization")
 
 # --- tf_keras op layers ----------------------------------------------------------------------------
 # tf_keras records a TensorFlow API call on Keras tensors as a TFOpLambda / SlicingOpLambda layer that

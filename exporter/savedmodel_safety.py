@@ -193,7 +193,7 @@ class _Walker:
             prefixes = data[:1] if op != "MergeV2Checkpoints" else data[:2]
             if prefixes and all(is_prefix(p) for p in prefixes):
                 return
-            self.findings.add(op, f"{where}, on a path other than the version's own variables")
+            self.findings.add(op, f"{where}, on a path other than the version's own variables/")
             return
         self.findings.add(op, where)
 
@@ -298,8 +298,8 @@ def check_savedmodel(directory: Path, *, trust_code: bool) -> None:
         others = sorted(ops)[1:]
         more = f" (also: {', '.join(others[:5])}{', ...' if len(others) > 5 else ''})" if others else ""
         raise UnsafeModelError(
-            f"{directory}: refused: {where} runs the op {first}{more}, which is not a tensor op tfship allows "
-            f"(it can read or write files or run code outside the model). If you trust this SavedModel, pass --trust-code."
+            f"{directory}: refused: the op {first} (in {where}){more} is not a tensor op tfship allows: it can read "
+            f"or write files or run code outside the model. If you trust this SavedModel, pass --trust-code."
         )
     if ops:
         log.warning("%s: runs ops outside tfship's allow-list (%s); loading it because of --trust-code", directory, ", ".join(sorted(ops)))
