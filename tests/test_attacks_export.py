@@ -135,6 +135,36 @@ def test_model_built_from_tensorflow_functions_still_exports(tmp_path):
     assert result.exit_code == 0, result.stderr
 
 
+def test_tensorflow_calls_that_tf_keras_records_pass_the_allow_list():
+    """Arithmetic, math, nn activations, shape and array ops as tf_keras records them (canonical names)."""
+    import tensorflow as tf
+    import tf_keras
+
+    from tfship.exporter.config_safety import find_code
+
+    x = tf_keras.Input((4,), name="x")
+    calls = [
+        lambda t: t + 1, lambda t: t * 2, lambda t: t - 1, lambda t: t / 2, lambda t: -t, lambda t: t ** 2, lambda t: t % 2.0,
+        lambda t: tf.reduce_mean(t, axis=-1), tf.nn.relu, tf.nn.softmax, tf.math.log, tf.exp, tf.sqrt, tf.tanh, tf.nn.gelu,
+        tf.nn.leaky_relu, tf.nn.swish, tf.math.rsqrt, tf.math.sin, tf.math.square, tf.sort, tf.zeros_like, tf.ones_like,
+        lambda t: tf.reshape(t, (-1, 2, 2)), lambda t: tf.expand_dims(t, 1), lambda t: tf.concat([t, t], -1),
+        lambda t: t[:, :2], lambda t: tf.cast(t, tf.float16), lambda t: tf.transpose(t), lambda t: tf.shape(t),
+        lambda t: tf.matmul(t, t, transpose_b=True), lambda t: tf.stack([t, t]), lambda t: tf.clip_by_value(t, 0, 1),
+        lambda t: tf.maximum(t, 0.0), lambda t: tf.squeeze(tf.expand_dims(t, 1), 1), lambda t: tf.split(t, 2, -1)[0],
+        lambda t: tf.tile(t, [1, 2]), lambda t: tf.gather(t, [0, 1], axis=1), lambda t: tf.where(t > 0, t, 0.0),
+        lambda t: tf.one_hot(tf.cast(t, tf.int32), 3), lambda t: tf.einsum("bi,bi->b", t, t), lambda t: tf.argmax(t, -1),
+        lambda t: tf.linalg.l2_normalize(t, -1), lambda t: tf.pad(t, [[0, 0], [1, 1]]), lambda t: tf.math.cumsum(t, 1),
+        lambda t: tf.image.resize(tf.reshape(t, (-1, 2, 2, 1)), (4, 4)), lambda t: tf.nn.bias_add(t, [1.0, 2.0, 3.0, 4.0]),
+        lambda t: tf.boolean_mask(t, t[0] > 0, axis=1), lambda t: tf.range(tf.shape(t)[0]), lambda t: tf.unstack(t, axis=1)[0],
+        lambda t: tf.math.top_k(t, 2).values, lambda t: tf.logical_and(t > 0, t < 1), lambda t: tf.norm(t),
+        lambda t: tf.reverse(t, [1]), lambda t: tf.math.floordiv(t, 2.0), lambda t: tf.math.not_equal(t, 0.0),
+    ]
+    config = json.loads(tf_keras.Model(x, [call(x) for call in calls]).to_json())
+    functions = {layer["config"]["function"] for layer in config["config"]["layers"] if "function" in layer["config"]}
+    assert {"math.multiply", "nn.relu", "reshape", "compat.v1.transpose", "__operators__.getitem", "image.resize"} <= functions
+    assert find_code(config) == []
+
+
 def test_ragged_accessors_pass_the_allow_list():
     import tensorflow as tf
     import tf_keras
