@@ -64,6 +64,8 @@ SELECTED_OPS = frozenset({
     # checks; file names built from strings (the checkpoint functions shard their prefix)
     "Assert", "ShardedFilename", "ShardedFilespec",
 })
+# tf.print may write to these streams (PrintV2's output_stream attribute).
+PRINT_STREAMS = frozenset({"stderr", "stdout", "log(info)", "log(warning)", "log(error)"})
 # File ops TensorFlow's own checkpoint functions use on the prefix they are given.
 CHECKPOINT_FILE_OPS = frozenset({"RestoreV2", "SaveV2", "MergeV2Checkpoints"})
 # Ops through which a checkpoint prefix flows from the loader to those file ops.
@@ -188,6 +190,9 @@ class _Walker:
         op = node.op
         if op in self.functions or op in self.allowed:
             return
+        if op == "PrintV2" and ("output_stream" not in node.attr  # stripped when it is the default, stderr
+                                or node.attr["output_stream"].s.decode(errors="replace") in PRINT_STREAMS):
+            return  # tf.print to the process's own output; a "file://" stream would write a file
         if checkpoint and op in CHECKPOINT_FILE_OPS:
             data = [i for i in node.input if not i.startswith("^")]
             prefixes = data[:1] if op != "MergeV2Checkpoints" else data[:2]

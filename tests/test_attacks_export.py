@@ -432,6 +432,35 @@ def test_restore_from_a_fixed_path_is_refused(tmp_path):
              "RestoreV2", "other than the version's own variables")
 
 
+@pytest.mark.parametrize("refused", [True, False], ids=["print_to_a_file", "print_to_stderr"])
+def test_savedmodel_function_outside_the_signature_is_walked_too(refused, tmp_path):
+    """Every function the SavedModel restores is walked, not only the serving signature's."""
+    import tensorflow as tf
+
+    marker = tmp_path / "printed-by-the-model"
+
+    class Printer(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": x * 2}
+
+        @tf.function(input_signature=[tf.TensorSpec([], tf.float32)])
+        def side(self, v):
+            tf.print(v, output_stream=f"file://{marker}" if refused else sys.stderr)
+            return v
+
+    module = Printer()
+    module.side.get_concrete_function()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
+    repo = tmp_path / "models"
+    result = run_cli("export", tmp_path / "sm", "--name", "p", "--repo", repo, *SM_ONLY)
+    if refused:
+        _refused(result, "PrintV2", "a restored function")
+        assert _no_version(repo, "p") and not marker.exists()
+    else:
+        assert result.exit_code == 0, result.stderr
+
+
 def _savedmodel_with_asset(path: Path, asset_name: str) -> Path:
     import tensorflow as tf
 
