@@ -199,11 +199,6 @@ class ServingClient:
         return Prediction({name: to_ndarray(tensor) for name, tensor in response.outputs.items()},
                           int(response.model_spec.version.value))
 
-    def predict_with_version(self, inputs: Mapping[str, Any], model: str, **kwargs: Any) -> tuple[Prediction, int]:
-        """Kept only for the callers in tests/test_local_engine.py; use ``predict(...).version``."""
-        prediction = self.predict(inputs, model, **kwargs)
-        return prediction, prediction.version
-
     def metadata(self, model: str, *, version: int | None = None, label: str | None = None,
                  timeout: float | None = None) -> dict[str, Signature]:
         request = protos.GetModelMetadataRequest()

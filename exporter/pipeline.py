@@ -19,13 +19,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from tfship.client.compare import Comparison, compare_outputs
+from tfship.core import samples as sample_inputs
 from tfship.core import signing
-from tfship.core.errors import ExportError, PredictionMismatch, TfshipError, UsageError
+from tfship.core.errors import ExportError, PredictionMismatch, TfshipError, UsageError, describe_exception
 from tfship.core.tolerance import Tolerance
 from tfship.exporter import manifest as mf
 from tfship.exporter import onnx as onnx_export
 from tfship.exporter import repository, sources, tflite, warmup
-from tfship.exporter import samples as sample_inputs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,10 +72,6 @@ class ExportResult:
     directory: Path
     manifest: mf.Manifest
     timings: dict[str, float]
-
-    @property
-    def ok(self) -> bool:
-        return all(p.status == "pass" for p in self.manifest.parity)
 
     def to_dict(self) -> dict:
         return {
@@ -212,7 +208,7 @@ def build_version(options: ExportOptions, staging: Path, version: int, progress:
         except TfshipError:
             raise
         except Exception as exc:
-            raise ExportError(f"{source}: the model fails on the sample inputs: {_first_line(exc)}") from exc
+            raise ExportError(f"{source}: the model fails on the sample inputs: {describe_exception(exc)}") from exc
 
     reference = stages.run("original", "running the original model on the sample inputs", original_outputs)
     artifacts, parity = _build(staging, loaded, inputs, reference, calibration, options, stages)
@@ -231,9 +227,6 @@ def build_version(options: ExportOptions, staging: Path, version: int, progress:
     return manifest, stages.timings
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
 
 def _source_digest(source: Path) -> str:
@@ -280,7 +273,7 @@ def _build(staging: Path, loaded: sources.LoadedModel, inputs: dict[str, np.ndar
         except TfshipError:
             raise
         except Exception as exc:
-            raise ExportError(f"{loaded.source}: writing the SavedModel failed: {_first_line(exc)}") from exc
+            raise ExportError(f"{loaded.source}: writing the SavedModel failed: {describe_exception(exc)}") from exc
 
     stages.run("savedmodel", "writing the SavedModel (serving_default)", write_savedmodel)
     files = tuple(f for f in mf.describe_files(staging, ".") if f.path == "saved_model.pb" or f.path.startswith(("variables/", "fingerprint.pb", "assets/")))
@@ -295,7 +288,7 @@ def _build(staging: Path, loaded: sources.LoadedModel, inputs: dict[str, np.ndar
                 for key, value in part.items():
                     result.setdefault(key, []).append(value.numpy())
         except Exception as exc:  # TF Serving serves this directory: a SavedModel that does not run is fatal
-            raise ExportError(f"{loaded.source}: the written SavedModel does not run: {_first_line(exc)}") from exc
+            raise ExportError(f"{loaded.source}: the written SavedModel does not run: {describe_exception(exc)}") from exc
         return {k: np.concatenate(v) for k, v in result.items()}
 
     parity.append(stages.run("parity", "checking the SavedModel against the original",
@@ -316,7 +309,7 @@ def _build(staging: Path, loaded: sources.LoadedModel, inputs: dict[str, np.ndar
             actual = stages.run("parity", f"checking {filename} against the original", run)
         except Exception as exc:  # the runtime refuses or crashes on the converted file
             (staging / filename).unlink(missing_ok=True)
-            reason = f"{filename} converted but does not run ({_first_line(exc)}); it is left out of the version"
+            reason = f"{filename} converted but does not run ({describe_exception(exc)}); it is left out of the version"
             stages.progress(f"warning: {label}: {reason}")
             parity.append(_failed(fmt, variant, filename, reason))
             return

@@ -34,7 +34,7 @@ def versions(model_dir: Path) -> list[int]:
 
 
 def clean_stale(model_dir: Path) -> list[Path]:
-    removed = []
+    removed: list[Path] = []
     if not model_dir.is_dir():
         return removed
     for entry in model_dir.iterdir():

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from tfship.core.errors import ExportError
+from tfship.core.errors import ExportError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def convert(savedmodel_dir: Path, out: Path, variant: str = "float32",
 
     notices: list[str] = []
 
-    def configure(converter) -> None:
+    def configure(converter: Any) -> None:
         if variant == "float16":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
@@ -51,7 +51,7 @@ def convert(savedmodel_dir: Path, out: Path, variant: str = "float32",
             notices.append("recurrent layers: TFLite model built with a static batch of 1 (feed one sample at a time and "
                            "call reset_all_variables() between samples: the fused LSTM/GRU keeps its state)")
         else:
-            raise ExportError(f"TFLite conversion failed: {_first_line(message)}") from None
+            raise ExportError(f"TFLite conversion failed: {first_line(message, prefer='error:')}") from exc
     out.write_bytes(data)
     return notices
 
@@ -75,7 +75,7 @@ def _convert_static_batch(model: Any, configure: Callable) -> bytes:
     except ExportError:
         raise
     except Exception as exc:
-        raise ExportError(f"TFLite conversion failed (static-batch rebuild too): {_first_line(str(exc))}") from None
+        raise ExportError(f"TFLite conversion failed (static-batch rebuild too): {first_line(exc, prefer='error:')}") from exc
 
 
 def _representative(calibration: dict[str, np.ndarray]) -> Callable[[], Iterable[dict[str, np.ndarray]]]:
@@ -88,12 +88,6 @@ def _representative(calibration: dict[str, np.ndarray]) -> Callable[[], Iterable
     return generate
 
 
-def _first_line(text: str) -> str:
-    for line in text.splitlines():
-        if line.strip() and "error:" in line:
-            return line.strip()[:300]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return (lines[0] if lines else "unknown error")[:300]
 
 
 def run(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

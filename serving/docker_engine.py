@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tfship.core.errors import ServerUnavailable, ServingError
+from tfship.core.errors import ServerUnavailable, ServingError, first_line
 from tfship.serving.config import BATCHING_CONFIG, CONTAINER_ROOT, MODELS_CONFIG, MONITORING_CONFIG, SSL_CONFIG
 from tfship.serving.config_writer import GeneratedConfig
 from tfship.serving.options import ServeOptions, address
@@ -134,7 +134,7 @@ def engine_problem() -> str | None:
         _sdk().from_env(timeout=3).ping()
         return None
     except Exception as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = first_line(exc)
         return text[:200]
 
 

@@ -85,8 +85,8 @@ class Metrics:
             lines += [f":tensorflow:serving:model_load_count{{{_labels(k)}}} {v}" for k, v in sorted(self._loads.items())]
             lines.append("# TYPE :tensorflow:serving:model_load_seconds gauge")
             lines += [f":tensorflow:serving:model_load_seconds{{{_labels(k)}}} {v:g}" for k, v in sorted(self._load_seconds.items())]
-            lines.append("# TYPE :tensorflow:serving:model_warmup_seconds gauge")
-            lines += [f":tensorflow:serving:model_warmup_seconds{{{_labels(k)}}} {v:g}" for k, v in sorted(self._warmup_seconds.items())]
+            lines.append("# TYPE tfship_model_warmup_seconds gauge")
+            lines += [f"tfship_model_warmup_seconds{{{_labels(k)}}} {v:g}" for k, v in sorted(self._warmup_seconds.items())]
             lines.append("# TYPE :tensorflow:serving:batching_session:batch_count counter")
             lines += [f":tensorflow:serving:batching_session:batch_count{{{_labels(k)}}} {v}" for k, v in sorted(self._batches.items())]
             lines.append("# TYPE :tensorflow:serving:batching_session:batched_request_count counter")

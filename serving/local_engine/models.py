@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from tfship.core.errors import describe_exception, first_line
 from tfship.exporter.repository import versions as versions_on_disk
 from tfship.serving.config import VersionPolicy
 from tfship.serving.local_engine.errors import EngineError, invalid, not_found
@@ -242,7 +243,7 @@ class ModelManager:
             try:
                 loaded = tf.saved_model.load(str(path))
             except Exception as exc:
-                raise EngineError(grpc.StatusCode.UNKNOWN, f"loading {path} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+                raise EngineError(grpc.StatusCode.UNKNOWN, f"loading {path} failed: {describe_exception(exc)}") from None
             servable = Servable(config.name, version, path, loaded, _signature_entries(loaded, path))
             warmup_started = time.perf_counter()
             self._warmup(servable)
@@ -270,7 +271,7 @@ class ModelManager:
         try:
             records = [r.numpy() for r in tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS + 1)]
         except Exception as exc:
-            raise EngineError(grpc.StatusCode.INVALID_ARGUMENT, f"warmup file {path} is not a valid TFRecord: {str(exc).splitlines()[0][:200]}") from None
+            raise EngineError(grpc.StatusCode.INVALID_ARGUMENT, f"warmup file {path} is not a valid TFRecord: {first_line(exc, 200)}") from None
         if len(records) > MAX_WARMUP_RECORDS:
             raise EngineError(grpc.StatusCode.INVALID_ARGUMENT, f"warmup file {path} has more than {MAX_WARMUP_RECORDS} records")
         for index, record in enumerate(records):

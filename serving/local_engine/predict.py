@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 
 from tfship.core.codec import DT_STRING, CodecError, dtype_name, shape_of, to_ndarray
+from tfship.core.errors import first_line
 from tfship.serving.local_engine.errors import EngineError, invalid
 from tfship.serving.local_engine.models import Servable, SignatureEntry
 
@@ -109,12 +110,12 @@ def run_signature(entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[
     try:
         result = entry.fn(**{name: tf.constant(value) for name, value in arrays.items()})
     except tf.errors.InvalidArgumentError as exc:
-        raise invalid(exc.message.splitlines()[0] if exc.message else "invalid argument") from None
+        raise invalid(first_line(exc.message) or "invalid argument") from None
     except tf.errors.ResourceExhaustedError as exc:
-        raise EngineError(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message.splitlines()[0]) from None
+        raise EngineError(grpc.StatusCode.RESOURCE_EXHAUSTED, first_line(exc.message)) from None
     except (tf.errors.OpError, ValueError, TypeError) as exc:
         message = getattr(exc, "message", None) or str(exc)
-        raise EngineError(grpc.StatusCode.INTERNAL, message.splitlines()[0][:500] if message else type(exc).__name__) from None
+        raise EngineError(grpc.StatusCode.INTERNAL, first_line(message, 500) if message else type(exc).__name__) from None
     return {name: value.numpy() for name, value in result.items()}
 
 

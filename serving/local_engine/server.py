@@ -140,9 +140,6 @@ class LocalEngine:
         self._stop_loop()
         self.core.stop()
 
-    def wait(self) -> None:
-        self._stopped.wait()
-
     def serve_until_signal(self, grace: float = 10.0) -> None:
         """Block until SIGTERM or SIGINT, then drain and stop."""
         done = threading.Event()

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from tfship.core.errors import first_line
 from tfship.core.protos import DATA_TYPES, TensorProto
 
 try:  # bfloat16 has no numpy dtype of its own; ml_dtypes (a tensorflow dependency) provides it.
@@ -162,7 +163,7 @@ def to_ndarray(tensor: Any) -> np.ndarray:
     except (ValueError, OverflowError, MemoryError) as exc:
         if isinstance(exc, CodecError):
             raise
-        raise CodecError(f"tensor of shape {_shown_shape(shape)} cannot be decoded: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
+        raise CodecError(f"tensor of shape {_shown_shape(shape)} cannot be decoded: {first_line(exc, 200)}") from exc
 
 
 def _decode(tensor: Any, shape: tuple[int, ...], count: int) -> np.ndarray:

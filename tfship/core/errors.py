@@ -78,13 +78,21 @@ class RpcError(TfshipError):
         self.method = method
 
 
-def first_line(error: BaseException | str, limit: int = 300) -> str:
+def first_line(error: BaseException | str, limit: int = 300, *, prefer: str | None = None) -> str:
     """The first non-empty line of an exception's text (or of a string), at most ``limit`` characters.
 
-    An exception without text is named by its class, so the result is never empty for an exception.
+    With ``prefer``, the first line containing that text wins (converters print pages of context before the
+    line that says what failed). An exception without text is named by its class, so the result is never
+    empty for an exception.
     """
     text = error if isinstance(error, str) else str(error)
-    line = next((part.strip() for part in text.strip().splitlines() if part.strip()), "")
+    lines = [part.strip() for part in text.strip().splitlines() if part.strip()]
+    line = next((part for part in lines if prefer and prefer in part), lines[0] if lines else "")
     if not line and isinstance(error, BaseException):
         line = type(error).__name__
     return line[:limit]
+
+
+def describe_exception(error: BaseException, limit: int = 300) -> str:
+    """``TypeName: first line``: for messages about a library's failure, where the type tells what kind it was."""
+    return f"{type(error).__name__}: {first_line(error, limit)}"
