@@ -71,5 +71,14 @@ validate: $(STAMP) ## Validate the served NAME against its latest golden set (re
 bench: $(STAMP) ## Latency and throughput of the served NAME
 	$(TFSHIP) bench --target $(HOST):$(GRPC_PORT) --model $(NAME) --concurrency 1,4,16 --duration 5 --report reports/bench
 
+IMAGE ?= tfship-model-server
+.PHONY: image test-images
+
+image: ## Build tfship's server image IMAGE (tensorflow/serving's contract) from python:3.11-slim; needs Docker Hub
+	docker build -f docker/model-server.Dockerfile -t $(IMAGE) .
+
+test-images: $(STAMP) ## Build tfship-test-base and tfship-model-server with no registry (Debian packages + a wheelhouse)
+	bash docker/build-test-images.sh all
+
 clean: ## Remove the example build, reports and the demo folder (not models/ or keys/)
 	rm -rf examples/build reports build/demo

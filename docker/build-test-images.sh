@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Build tfship's container images with no container registry: everything comes from Debian's packages
+# and the Python package index.
+#
+#   tfship-test-base      Debian bookworm (debootstrap minbase) + python3, imported with FROM scratch
+#   tfship-model-server   docker/model-server.Dockerfile on that base, tfship installed offline
+#                         (pip --no-index) from a wheelhouse filled on this machine
+#
+# Usage: docker/build-test-images.sh [base|server|all|wheelhouse]   (default: all; wheelhouse: fill it, print its path)
+# Exit status: 0 built (or up to date), 1 failed, 75 Debian's packages or the package index could not be
+# reached (nothing to build from).
+#
+# Cached outside the checkout in ${TFSHIP_TEST_CACHE:-~/.cache/tfship-test}: the root file system tar
+# (keyed by suite and package list) and the wheelhouse (keyed by tfship's dependency list). Each image
+# carries a label with the hash of its inputs; an image whose inputs did not change is not rebuilt.
+#
+# Environment: TFSHIP_TEST_CACHE (cache folder), TFSHIP_DEBIAN_MIRROR (debootstrap's mirror; default:
+# the first source of the suite in this machine's apt sources), TFSHIP_BASE_IMAGE, TFSHIP_SERVER_IMAGE
+# (image names), PYTHON (the Python whose pip fills the wheelhouse; default .venv/bin/python).
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${TFSHIP_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tfship-test}"
+BASE_IMAGE="${TFSHIP_BASE_IMAGE:-tfship-test-base}"
+SERVER_IMAGE="${TFSHIP_SERVER_IMAGE:-tfship-model-server}"
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+SUITE=bookworm  # its python3 is 3.11: the wheels below are cp311
+# What TensorFlow's manylinux wheels need beyond minbase (libstdc++ and libgcc are already there):
+# OpenMP for onnxruntime, CA certificates for anything that talks TLS.
+PACKAGES=python3,python3-venv,libgomp1,ca-certificates
+LABEL=org.tfship.inputs
+# pip --platform does not widen manylinux_2_X to older glibc versions by itself: list them all.
+# Bookworm has glibc 2.36.
+PLATFORMS=(manylinux2014_x86_64 manylinux2010_x86_64 manylinux1_x86_64)
+for minor in $(seq 17 36); do PLATFORMS+=("manylinux_2_${minor}_x86_64"); done
+# The build backend (pyproject.toml [build-system]): tfship is built inside the image, offline.
+BUILD_REQUIREMENTS=("setuptools>=77" "wheel")
+
+export DOCKER_BUILDKIT=0  # the classic builder: FROM scratch + ADD and local bases need no pull, no frontend image
+START=$SECONDS
+
+say() { printf '[build-test-images %4ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+unreachable() { say "error: $*"; exit 75; }
+sha() { sha256sum | cut -c1-16; }
+
+image_inputs() {  # the inputs hash an existing image was built from, or nothing
+    docker image inspect --format "{{ index .Config.Labels \"$LABEL\" }}" "$1" 2>/dev/null || true
+}
+
+remove_replaced() {  # the image a rebuild untagged, unless something still uses it
+    local old_id="$1" name="$2"
+    if [[ -n "$old_id" && "$old_id" != "$(docker image inspect --format '{{.Id}}' "$name")" ]]; then
+        docker image rm "$old_id" >/dev/null 2>&1 || true
+    fi
+}
+
+# -- debootstrap's mirror: from this machine's apt sources, never written into the repository --------
+debian_mirror() {
+    if [[ -n "${TFSHIP_DEBIAN_MIRROR:-}" ]]; then echo "$TFSHIP_DEBIAN_MIRROR"; return; fi
+    local files=() file
+    for file in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+        [[ -f "$file" ]] && files+=("$file")
+    done
+    ((${#files[@]})) || die "no apt sources on this machine: set TFSHIP_DEBIAN_MIRROR to a Debian mirror URL"
+    python3 "$ROOT/docker/debian_mirror.py" "$SUITE" "${files[@]}" || true
+}
+
+# -- (a) the base image: debootstrap minbase + python3 ---------------------------------------------
+build_base() {
+    local key rootfs mirror
+    key=$(printf '%s|minbase|%s\n' "$SUITE" "$PACKAGES" | sha)
+    rootfs="$CACHE/rootfs-$SUITE-$key.tar"
+    if [[ ! -f "$rootfs" ]]; then
+        command -v debootstrap >/dev/null || {
+            say "installing debootstrap (apt-get)"
+            apt-get update -q >&2 && apt-get install -y -q debootstrap >&2
+        }
+        mirror=$(debian_mirror)
+        [[ -n "$mirror" ]] || unreachable "no '$SUITE' source in the apt sources: set TFSHIP_DEBIAN_MIRROR"
+        local target="$CACHE/rootfs.partial"
+        rm -rf "$target" && mkdir -p "$target"
+        say "debootstrap --variant=minbase $SUITE from $mirror (a few minutes, once per machine)"
+        debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$target" "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
+            || { tail -20 "$CACHE/debootstrap.log" >&2; unreachable "debootstrap could not build $SUITE from $mirror (log: $CACHE/debootstrap.log)"; }
+        rm -rf "$target"/var/lib/apt/lists/* "$target"/var/cache/apt/*.bin "$target"/var/cache/apt/archives/*.deb
+        tar --numeric-owner --xattrs -C "$target" -cf "$rootfs.partial" .
+        mv "$rootfs.partial" "$rootfs"
+        find "$CACHE" -maxdepth 1 -name "rootfs-*.tar" ! -path "$rootfs" -delete  # older package lists
+        rm -rf "$target"
+        say "root file system: $rootfs ($(du -h "$rootfs" | cut -f1))"
+    fi
+    local inputs
+    inputs=$( { cat "$ROOT/docker/test-base.Dockerfile"; sha256sum "$rootfs"; } | sha)
+    if [[ "$(image_inputs "$BASE_IMAGE")" == "$inputs" ]]; then
+        say "$BASE_IMAGE is up to date"
+        return
+    fi
+    local context="$CACHE/base-context"
+    rm -rf "$context" && mkdir -p "$context"
+    ln "$rootfs" "$context/rootfs.tar" 2>/dev/null || cp "$rootfs" "$context/rootfs.tar"
+    local old_id
+    old_id=$(docker image inspect --format '{{.Id}}' "$BASE_IMAGE" 2>/dev/null || true)
+    say "building $BASE_IMAGE (FROM scratch + ADD rootfs.tar)"
+    docker build --quiet --label "$LABEL=$inputs" -t "$BASE_IMAGE" -f "$ROOT/docker/test-base.Dockerfile" "$context" >/dev/null
+    rm -rf "$context"
+    remove_replaced "$old_id" "$BASE_IMAGE"
+    say "$BASE_IMAGE built"
+}
+
+# -- (b) the wheelhouse: tfship's dependencies for cp311 manylinux x86_64 ---------------------------
+requirements() {
+    "$PYTHON" - "$ROOT/pyproject.toml" <<'EOF'
+import sys, tomllib
+with open(sys.argv[1], "rb") as handle:
+    print("\n".join(tomllib.load(handle)["project"]["dependencies"]))
+EOF
+}
+
+fill_wheelhouse() {  # prints the wheelhouse's path
+    [[ -x "$PYTHON" ]] || die "$PYTHON not found: run 'make install' first (or set PYTHON)"
+    local reqs key wheelhouse
+    reqs=$(requirements)
+    key=$( { echo "$reqs"; printf '%s\n' "${BUILD_REQUIREMENTS[@]}" "${PLATFORMS[@]}"; } | sha)
+    wheelhouse="$CACHE/wheelhouse-cp311-x86_64-$key"
+    if [[ ! -f "$wheelhouse/requirements.txt" ]]; then
+        local partial="$wheelhouse.partial"
+        rm -rf "$partial" && mkdir -p "$partial"
+        echo "$reqs" >"$partial/requirements.in"
+        local platform_args=()
+        for platform in "${PLATFORMS[@]}"; do platform_args+=(--platform "$platform"); done
+        say "filling the wheelhouse for cp311 manylinux x86_64 (about 1 GB once; TensorFlow is most of it)"
+        "$PYTHON" -m pip download --quiet --disable-pip-version-check --dest "$partial" --only-binary=:all: \
+            --python-version 3.11 --implementation cp --abi cp311 "${platform_args[@]}" \
+            -r "$partial/requirements.in" "${BUILD_REQUIREMENTS[@]}" >&2 \
+            || unreachable "pip download failed: is the package index reachable?"
+        mv "$partial/requirements.in" "$partial/requirements.txt"  # written last: marks a complete wheelhouse
+        rm -rf "$wheelhouse" && mv "$partial" "$wheelhouse"
+        find "$CACHE" -maxdepth 1 -name 'wheelhouse-*' ! -path "$wheelhouse" -exec rm -rf {} +  # older dependency lists
+        say "wheelhouse: $wheelhouse ($(du -sh "$wheelhouse" | cut -f1))"
+    fi
+    echo "$wheelhouse"
+}
+
+# -- (c) the server image ---------------------------------------------------------------------------
+build_server() {
+    local wheelhouse context base_id inputs old_id
+    wheelhouse=$(fill_wheelhouse)
+    context="$CACHE/server-context"
+    rm -rf "$context" && mkdir -p "$context/docker"
+    # The context holds what docker/model-server.Dockerfile copies from a checkout, plus the wheels.
+    (cd "$ROOT" && cp -r --parents pyproject.toml README.md tfship exporter serving client "$context/")
+    find "$context" -name __pycache__ -type d -prune -exec rm -rf {} +
+    cp -al "$wheelhouse" "$context/docker/wheelhouse" 2>/dev/null || cp -r "$wheelhouse" "$context/docker/wheelhouse"
+    base_id=$(docker image inspect --format '{{.Id}}' "$BASE_IMAGE" 2>/dev/null) \
+        || die "$BASE_IMAGE is missing: run '$0 base' first"
+    inputs=$( { echo "$base_id"; cat "$ROOT/docker/model-server.Dockerfile";
+                cd "$context" && find . -type f ! -path './docker/wheelhouse/*' -print0 | sort -z | xargs -0 sha256sum;
+                basename "$wheelhouse"; } | sha)
+    if [[ "$(image_inputs "$SERVER_IMAGE")" == "$inputs" ]]; then
+        say "$SERVER_IMAGE is up to date"
+        rm -rf "$context"
+        return
+    fi
+    old_id=$(docker image inspect --format '{{.Id}}' "$SERVER_IMAGE" 2>/dev/null || true)
+    say "building $SERVER_IMAGE on $BASE_IMAGE (pip install --no-index from the wheelhouse)"
+    docker build --label "$LABEL=$inputs" --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg PIP_NO_INDEX=1 \
+        -t "$SERVER_IMAGE" -f "$ROOT/docker/model-server.Dockerfile" "$context" 2>&1 \
+        | while IFS= read -r line; do printf '    %4ds %s\n' "$((SECONDS - START))" "$line"; done >&2
+    [[ "${PIPESTATUS[0]}" == 0 ]] || die "docker build of $SERVER_IMAGE failed"
+    rm -rf "$context"
+    remove_replaced "$old_id" "$SERVER_IMAGE"
+    say "$SERVER_IMAGE built"
+}
+
+main() {
+    local what="${1:-all}"
+    # Build contexts are copies; never leave one behind (a failed build included).
+    trap 'rm -rf "$CACHE/base-context" "$CACHE/server-context"' EXIT
+    docker info >/dev/null 2>&1 || die "no Docker engine answers ('docker info' failed)"
+    mkdir -p "$CACHE"
+    case "$what" in
+        base) build_base ;;
+        server) build_server ;;
+        all) build_base; build_server ;;
+        wheelhouse) fill_wheelhouse; return ;;
+        *) die "usage: $0 [base|server|all|wheelhouse]" ;;
+    esac
+    say "done in $((SECONDS - START))s"
+}
+
+main "$@"
