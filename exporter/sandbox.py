@@ -1,4 +1,4 @@
-"""Confine the export worker: Landlock write rules, no core dumps, death with its parent.
+"""Confine the export worker: Landlock read and write rules, no core dumps, death with its parent.
 
 Loading a model file and converting it run in a child process (``tfship.exporter.worker``) that calls
 :func:`confine` first thing, while it still has a single thread (Landlock restricts the calling thread
@@ -8,7 +8,10 @@ With Landlock, the worker may create, write, rename and delete regular files and
 under the staging directory and its private temporary folders (its working directory, and ``TMPDIR``:
 TFLite and tf2onnx write temporary files), and write to ``/dev/null``. It may not create symlinks, devices, FIFOs or sockets anywhere,
 open TCP connections (ABI 4+), nor signal processes or reach abstract UNIX sockets outside itself
-(ABI 6+). Reads stay allowed: Python, TensorFlow and the source file are read from many places.
+(ABI 6+). When the caller passes ``readable``, reads and executions are confined too: the worker may
+read, list and execute only beneath those paths (plus the writable ones), and only list the
+``listable`` folders, so the signing key next to the model or ``~/.ssh`` cannot be read and copied
+into the version the parent signs. Denied operations fail with ``EACCES``.
 
 Landlock is reached through its three system calls with ctypes. The ``landlock`` package on PyPI
 (1.0.0.dev5, "Alpha") handles file rules only (no network or scope rules), leaks the ruleset
@@ -22,8 +25,10 @@ import ctypes
 import os
 import resource
 import signal
+import stat
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +42,9 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_NO_NEW_PRIVS = 38
 
 # include/uapi/linux/landlock.h
+_EXECUTE = 1 << 0
+_READ_FILE = 1 << 2
+_READ_DIR = 1 << 3
 _WRITE_FILE = 1 << 1
 _REMOVE_DIR = 1 << 4
 _REMOVE_FILE = 1 << 5
@@ -72,11 +80,15 @@ class Confinement:
     landlock_abi: int  # 0: the kernel offers no Landlock
     writes_confined: bool
     reason: str = ""
+    reads_confined: bool = False
 
     def describe(self) -> str:
-        if self.writes_confined:
-            return f"writes confined to the staging directory and private temporary folders (Landlock ABI {self.landlock_abi})"
-        return f"writes NOT confined ({self.reason}); the worker runs in an empty temporary directory"
+        if not self.writes_confined:
+            return f"writes NOT confined ({self.reason}); reads NOT confined; the worker runs in an empty temporary directory"
+        reads = ("reads confined to Python, system libraries, the model and the files named on the command line"
+                 if self.reads_confined else "reads NOT confined")
+        return (f"writes confined to the staging directory and private temporary folders (Landlock ABI {self.landlock_abi}); "
+                f"{reads}")
 
 
 def _libc() -> ctypes.CDLL:
@@ -110,8 +122,14 @@ def limit_resources() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def confine(writable: list[Path], writable_files: tuple[Path, ...] = (Path("/dev/null"),)) -> Confinement:
-    """Allow writes only beneath ``writable`` (and to ``writable_files``) for the rest of this process."""
+def confine(writable: Sequence[Path], writable_files: tuple[Path, ...] = (Path("/dev/null"),),
+            readable: Sequence[Path] | None = None, listable: Sequence[Path] = ()) -> Confinement:
+    """Allow writes only beneath ``writable`` (and to ``writable_files``) for the rest of this process.
+
+    With ``readable`` (a list, even empty), reads are confined too: files may be read and executed only
+    beneath ``readable`` and ``writable``, folders listed only there and in ``listable``. Paths that
+    do not exist are skipped. Without it, reads are not restricted.
+    """
     abi = landlock_abi()
     if abi < 1:
         return Confinement(0, False, "the kernel offers no Landlock")
@@ -128,6 +146,14 @@ def confine(writable: list[Path], writable_files: tuple[Path, ...] = (Path("/dev
         handled_fs |= _TRUNCATE
         dir_rights |= _TRUNCATE
         file_rights |= _TRUNCATE
+    reads = readable is not None
+    read_dir_rights = read_file_rights = 0
+    if reads:
+        read_file_rights = _READ_FILE | _EXECUTE
+        read_dir_rights = read_file_rights | _READ_DIR
+        handled_fs |= read_dir_rights
+        dir_rights |= read_dir_rights
+        file_rights |= _READ_FILE
     attr = _RulesetAttr(handled_access_fs=handled_fs,
                         handled_access_net=(_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 else 0,
                         scoped=(_SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL) if abi >= 6 else 0)
@@ -138,11 +164,23 @@ def confine(writable: list[Path], writable_files: tuple[Path, ...] = (Path("/dev
     ruleset = syscall(ctypes.c_long(_SYS_CREATE_RULESET), ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     if ruleset < 0:
         return Confinement(abi, False, f"landlock_create_ruleset failed: {os.strerror(ctypes.get_errno())}")
+    # (path, rights on a directory, rights on a file): Landlock refuses directory rights in a rule on a file.
+    rules = ([(path, dir_rights, file_rights) for path in writable]
+             + [(path, file_rights, file_rights) for path in writable_files]
+             + [(path, read_dir_rights, read_file_rights) for path in readable or ()]
+             + [(path, _READ_DIR, 0) for path in listable])
     try:
-        rules = [(path, dir_rights) for path in writable] + [(path, file_rights) for path in writable_files if path.exists()]
-        for path, rights in rules:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        for path, on_dir, on_file in rules:
             try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except FileNotFoundError:
+                if path in writable:  # the staging and private folders always exist: their absence is a bug
+                    raise
+                continue
+            try:
+                rights = on_dir if stat.S_ISDIR(os.fstat(fd).st_mode) else on_file
+                if not rights:
+                    continue
                 rule = _PathBeneathAttr(allowed_access=rights, parent_fd=fd)
                 if syscall(ctypes.c_long(_SYS_ADD_RULE), ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH),
                            ctypes.byref(rule), ctypes.c_uint32(0)) != 0:
@@ -155,4 +193,4 @@ def confine(writable: list[Path], writable_files: tuple[Path, ...] = (Path("/dev
             return Confinement(abi, False, f"landlock_restrict_self failed: {os.strerror(ctypes.get_errno())}")
     finally:
         os.close(ruleset)
-    return Confinement(abi, True)
+    return Confinement(abi, True, reads_confined=reads)

@@ -14,15 +14,27 @@ The parent (:func:`tfship.exporter.pipeline.export`) prepares the staging direct
   shown at debug level, and its last line quoted if the worker dies.
 
 The worker first asks for SIGKILL when its parent dies, drops core dumps and confines its writes to
-the staging directory and those two folders (:mod:`tfship.exporter.sandbox`), all before it imports
+the staging directory and its private folders (:mod:`tfship.exporter.sandbox`), all before it imports
 numpy, TensorFlow or the model's custom objects. ``--trust-code`` lets a model's code run, inside it.
+
+Its reads are confined as well (:func:`read_rules`, computed here in the parent): the Python
+installation and the ``sys.path`` entries it needs, tfship's own package folders, system library and
+configuration locations, the model, the files named on the command line, and its own folders. A
+folder that holds the model, the signing key, the caller's working directory or the home directory is
+never opened to it whole, so ``keys/signing_key.pem`` next to the model and ``~/.ssh`` stay out of
+reach. ``HOME`` points at a private folder (``~/.keras/keras.json`` is copied there when it exists).
 """
 
 from __future__ import annotations
 
+import collections
+import errno
+import importlib.util
 import json
 import logging
 import os
+import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -48,6 +60,10 @@ _PARENT_ENV = "TFSHIP_WORKER_PARENT"
 MAX_REQUEST = 1 << 20
 MAX_MESSAGE = 64 << 20  # a manifest with many files and outputs stays far below this
 _STDERR_TAIL = 64 << 10
+_KERAS_CONFIG_MAX = 64 << 10
+# System library and configuration locations every export reads (TensorFlow, LiteRT, onnxruntime, tf2onnx).
+SYSTEM_READABLE = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc", "/proc", "/sys", "/dev", "/opt")
+_TFSHIP_PACKAGES = ("tfship", "tfship.exporter", "tfship.serving", "tfship.client")
 _PATH_OPTIONS = ("source", "repo", "calibration", "samples", "sign_key")
 # Errors the worker may report, by class name: the parent re-raises the same class.
 _ERRORS: dict[str, type[errors.TfshipError]] = {
@@ -63,17 +79,21 @@ def build_in_child(options: ExportOptions, staging: Path, version: int,
     """Run :func:`tfship.exporter.pipeline.build_version` in the confined worker; its manifest and timings."""
     from tfship.exporter.manifest import Manifest
 
+    data = _options_to_json(options)
+    readable, listable = read_rules(data, options.sign_key)
     request = {
-        "options": _options_to_json(options), "source_label": str(options.source), "staging": str(staging.resolve()),
+        "options": data, "source_label": str(options.source), "staging": str(staging.resolve()),
         "version": version, "sys_path": [os.path.abspath(p) for p in sys.path],
         "log_level": logging.getLogger("tfship.exporter").getEffectiveLevel(),
+        "readable": readable, "listable": listable,
     }
     with tempfile.TemporaryDirectory(prefix="tfship-export-") as work:
-        cwd, tmp = Path(work) / "cwd", Path(work) / "tmp"
-        cwd.mkdir(mode=0o700)
-        tmp.mkdir(mode=0o700)
-        request["tmpdir"] = str(tmp)
-        outcome = _run(request, cwd, tmp, Path(work) / "worker.log", progress)
+        cwd, tmp, home = Path(work) / "cwd", Path(work) / "tmp", Path(work) / "home"
+        for folder in (cwd, tmp, home):
+            folder.mkdir(mode=0o700)
+        _copy_keras_config(home)
+        request.update(tmpdir=str(tmp), home=str(home))
+        outcome = _run(request, cwd, tmp, home, Path(work) / "worker.log", progress)
     if outcome.get("type") == "error":
         raise _rebuild_error(outcome)
     try:
@@ -95,11 +115,102 @@ def check_staging(staging: Path) -> None:
                                          f"or directory; nothing was written")
 
 
-def _run(request: dict[str, Any], cwd: Path, tmp: Path, log_path: Path,
+def read_rules(data: dict[str, Any], sign_key: Path | None = None) -> tuple[list[str], list[str]]:
+    """What the worker may read (and execute) beneath, and the folders it may only list.
+
+    ``data`` is the request's options (absolute paths). Folders that hold the model, the signing
+    key, the caller's working directory or the home directory are never readable whole: a module
+    named on the command line that lives in one gets its own file readable and the folder listable
+    (the import system lists a folder to find a module in it).
+    """
+    protected = [_real(p) for p in (os.getcwd(), Path.home(), data.get("source"), sign_key) if p]
+
+    def open_whole(path: str) -> bool:
+        return not any(_is_within(p, path) for p in protected)
+
+    packages = [_real(p) for p in _package_folders()]
+    readable: list[str] = [p for p in SYSTEM_READABLE if os.path.exists(p)]
+    listable: list[str] = []
+    for entry in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path):
+        path = _real(entry or os.getcwd())
+        # The checkout that holds tfship's own folders is not opened whole: its package folders are.
+        if os.path.exists(path) and open_whole(path) and not any(_is_within(p, path) for p in packages):
+            readable.append(path)
+    readable += packages
+    source = data.get("source")
+    if source:
+        readable.append(_real(source))
+        readable += sorted(str(p) for p in Path(source).parent.glob(f"{Path(source).name}.*")
+                           if p.name.endswith(".index") or ".data-" in p.name)  # a TensorFlow checkpoint prefix
+    readable += [_real(data[key]) for key in ("samples", "calibration") if data.get(key)]
+    architecture = data.get("architecture") or ""
+    for module in (data.get("custom_objects"), architecture.rpartition(":")[0] or architecture):
+        if not module:
+            continue
+        if os.path.isabs(module):  # a file the user named: module.py, arch.json or module.py:build_fn
+            readable.append(_real(module))
+        else:  # pkg.module: import it from where the import system would find it
+            _module_rules(module, open_whole, readable, listable)
+    return list(dict.fromkeys(readable)), list(dict.fromkeys(listable))
+
+
+def _module_rules(name: str, open_whole: Callable[[str], bool], readable: list[str], listable: list[str]) -> None:
+    try:  # a top-level name: finding it runs no code of the user's
+        spec = importlib.util.find_spec(name.partition(".")[0])
+    except (ImportError, ValueError):
+        return
+    if spec is None:
+        return
+    if spec.submodule_search_locations:  # a package: its folder, and the folder it is found in listable
+        for location in spec.submodule_search_locations:
+            folder = _real(location)
+            (readable if open_whole(folder) else listable).append(folder)
+            listable.append(os.path.dirname(folder))
+    elif spec.origin and os.path.isfile(spec.origin):  # module.py: its folder, or the file alone in a protected one
+        folder = os.path.dirname(_real(spec.origin))
+        if open_whole(folder):
+            readable.append(folder)
+        else:
+            readable.append(_real(spec.origin))
+            listable.append(folder)
+
+
+def _package_folders() -> list[str]:
+    folders: list[str] = []
+    for name in _TFSHIP_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        folders += list(spec.submodule_search_locations or []) if spec else []
+    return folders
+
+
+def _real(path: str | os.PathLike[str]) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
+def _is_within(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _copy_keras_config(home: Path) -> None:
+    """Keras and tf_keras read ``~/.keras/keras.json`` (or ``$KERAS_HOME``); the worker's home gets a copy."""
+    config = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "keras.json"
+    try:
+        if config.is_file() and config.stat().st_size <= _KERAS_CONFIG_MAX:
+            (home / ".keras").mkdir(mode=0o700)
+            shutil.copyfile(config, home / ".keras" / "keras.json")
+    except OSError as exc:
+        log.debug("the Keras configuration %s is not copied to the export worker: %s", config, exc)
+
+
+def _run(request: dict[str, Any], cwd: Path, tmp: Path, home: Path, log_path: Path,
          progress: Callable[[str], None]) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TFSHIP_SIGN_KEY")}
     read_fd, write_fd = os.pipe()
-    env.update({"TMPDIR": str(tmp), _FD_ENV: str(write_fd), _PARENT_ENV: str(os.getpid())})
+    env.update({"TMPDIR": str(tmp), "HOME": str(home), "KERAS_HOME": str(home / ".keras"),
+                _FD_ENV: str(write_fd), _PARENT_ENV: str(os.getpid())})
     try:
         with log_path.open("wb") as output:
             # start_new_session: a Ctrl-C reaches only this process, which then stops the worker.
@@ -262,10 +373,14 @@ def main() -> int:
     sandbox.limit_resources()
     channel = _Channel(int(os.environ[_FD_ENV]))
     request = json.loads(sys.stdin.buffer.read(MAX_REQUEST))
-    staging, tmp = Path(request["staging"]), Path(request["tmpdir"])
-    confinement = sandbox.confine([staging, tmp, Path.cwd()])
+    staging, tmp, home = Path(request["staging"]), Path(request["tmpdir"]), Path(request["home"])
+    confinement = sandbox.confine([staging, tmp, home, Path.cwd()], readable=[Path(p) for p in request["readable"]],
+                                  listable=[Path(p) for p in request["listable"]])
     channel.send({"type": "confinement", "confined": confinement.writes_confined, "abi": confinement.landlock_abi,
                   "text": f"{confinement.describe()}; working directory {os.getcwd()} (empty, temporary)"})
+    reads = _ReadAttempts()
+    if confinement.reads_confined:
+        sys.addaudithook(reads.hook)
     sys.path[:0] = [p for p in request["sys_path"] if p not in sys.path]
     handler = _Forward(channel)
     handler.setLevel(int(request["log_level"]))
@@ -282,15 +397,94 @@ def main() -> int:
         channel.send({"type": "result", "manifest": manifest.to_dict(), "timings": timings})
         return 0
     except errors.TfshipError as exc:
-        channel.send({"type": "error", "class": type(exc).__name__, "message": exc.message, "exit_code": exc.exit_code,
+        channel.send({"type": "error", "class": type(exc).__name__, "exit_code": exc.exit_code,
+                      "message": _refusal(exc, exc.message, reads) if confinement.writes_confined else exc.message,
                       "traceback": traceback.format_exc()})
     except BaseException as exc:  # a bug or an unexpected library failure: still one line for the user
         text = str(exc).strip().splitlines()
+        message = (f"unexpected {type(exc).__name__} in the export worker: {(text[0] if text else '')[:300]} "
+                   f"(rerun with --debug for the traceback)")
         channel.send({"type": "error", "class": "ExportError", "exit_code": errors.EXIT_ERROR,
-                      "message": f"unexpected {type(exc).__name__} in the export worker: {(text[0] if text else '')[:300]} "
-                                 f"(rerun with --debug for the traceback)",
+                      "message": _refusal(exc, message, reads) if confinement.writes_confined else message,
                       "traceback": traceback.format_exc()})
     return 1
+
+
+_QUOTED_PATH = re.compile(r"""(?:name = |: )['"](/[^'"]+)['"]""")
+
+
+class _ReadAttempts:
+    """The files Python code last opened for reading (an audit hook), to name a refused one when the export fails.
+
+    Libraries do not always keep the ``PermissionError`` that made them fail (Keras 3 turns one raised
+    in a Lambda into a ``StagingError``, then tfship tries tf_keras); the kernel's answer does not
+    change, so a recorded file the worker still may not open is one it was refused. Symbolic links
+    are refused everywhere, so a recorded attempt to make one was refused.
+    """
+
+    def __init__(self) -> None:
+        self.attempts: collections.deque[tuple[str, str]] = collections.deque(maxlen=256)
+
+    def hook(self, event: str, args: tuple[Any, ...]) -> None:
+        if event == "os.symlink" and isinstance(args[1], str):
+            self.attempts.append(("symlink", f"{args[0]} -> {os.path.abspath(args[1])}"))
+        if event != "open" or not isinstance(args[0], str) or args[0].endswith(".pyc"):
+            return
+        mode, flags = args[1], args[2]
+        if (mode is None and isinstance(flags, int) and flags & os.O_ACCMODE == os.O_RDONLY) or (
+                isinstance(mode, str) and "r" in mode and "+" not in mode):
+            self.attempts.append(("read", os.path.abspath(args[0])))
+
+    def refused(self) -> str | None:
+        """The last recorded access the worker is refused, None if none."""
+        for kind, path in dict.fromkeys(reversed(self.attempts)):
+            if kind == "symlink":
+                return path
+            try:
+                if not stat.S_ISREG(os.stat(path).st_mode):
+                    continue
+                os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC))
+            except PermissionError:
+                return path
+            except OSError:
+                continue
+        return None
+
+
+def _refusal(exc: BaseException, message: str, reads: _ReadAttempts) -> str:
+    """``message``, led by what the confinement refused when an access refusal caused it."""
+    denied = _denied(exc)
+    if not denied:
+        denied = reads.refused() or denied
+    if denied is None:
+        return message
+    what = denied or "a file"
+    return (f"{what}: access refused: the export worker is confined (Landlock) and may read only Python, system "
+            f"libraries, the model and the files named on the command line, and write only its staging directory; "
+            f"{' '.join(message.split())[:400]}")
+
+
+def _denied(exc: BaseException) -> str | None:
+    """The path whose access was refused (``""`` when unknown) somewhere in ``exc``'s chain, None if none was."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    found: str | None = None
+    while current is not None and id(current) not in seen and len(seen) < 32:
+        seen.add(id(current))
+        text = str(current)
+        if isinstance(current, OSError) and current.errno in (errno.EACCES, errno.EPERM):
+            if current.filename2:  # symlink, rename, link: the pair, as the error itself names them
+                return f"{current.filename} -> {current.filename2}"
+            return str(current.filename or _path_in(text))
+        if type(current).__name__ == "PermissionDeniedError" or "Permission denied" in text or "errno = 13" in text:
+            found = found or _path_in(text)
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def _path_in(text: str) -> str:
+    match = _QUOTED_PATH.search(text)
+    return match.group(1) if match else ""
 
 
 if __name__ == "__main__":

@@ -80,8 +80,9 @@ def test_real_export_runs_in_a_temporary_worker_and_says_whether_it_is_confined(
     line = _worker_line(result.stderr)
     if LANDLOCK:
         assert f"writes confined to the staging directory and private temporary folders (Landlock ABI {LANDLOCK})" in line
+        assert "reads confined to Python, system libraries, the model and the files named on the command line" in line
     else:
-        assert "writes NOT confined" in line
+        assert "writes NOT confined" in line and "reads NOT confined" in line
     workdir = Path(re.search(r"working directory (\S+) \(empty, temporary\)", line).group(1))
     assert workdir != caller and not workdir.exists()  # removed once the export is done
     assert sorted(p.name for p in caller.iterdir()) == ["m.keras", "models"]
@@ -125,16 +126,63 @@ def test_trusted_code_cannot_write_outside_staging(tmp_path):
 def test_trusted_code_cannot_plant_a_symlink_to_host_files_in_the_version(tmp_path):
     # The Lambda finds the staging directory and links /etc into it: a version must never carry host files.
     # With Landlock the kernel refuses the symlink; without, the exporter refuses the staging directory.
+    # (With Landlock the worker cannot list the repository to find staging: it tries its writable working directory.)
     repo = tmp_path / "models"
-    link = f"__import__('glob').glob({str(repo / 'leak' / '.tfship-tmp-*')!r})[0] + '/hostfiles'"
+    link = f"(__import__('glob').glob({str(repo / 'leak' / '.tfship-tmp-*')!r}) or [__import__('os').getcwd()])[0] + '/hostfiles'"
     plant = f"__import__('os').path.lexists({link}) or __import__('os').symlink('/etc', {link})"
     source = _lambda_model(tmp_path / "leak.keras", f"({plant}, t)[-1]")
     result = run_cli("export", source, "--name", "leak", "--repo", repo, "--trust-code", *SM_ONLY, env={"TFSHIP_TEST_ACT": "1"})
     assert result.exit_code == 1
-    if not LANDLOCK:
+    if LANDLOCK:
+        assert re.search(r"/etc -> \S+/cwd/hostfiles: access refused: the export worker is confined \(Landlock\)", result.stderr), result.stderr
+    else:
         assert "hostfiles, which is not a regular file or directory" in result.stderr
     assert _versions(repo, "leak") == []
     assert not any(p.name.startswith(".tfship-tmp-") for p in (repo / "leak").iterdir())
+
+
+@needs_landlock
+def test_trusted_code_cannot_read_the_signing_key_next_to_the_model(tmp_path):
+    # The project layout users have: the model, and keys/ beside it. The Lambda bakes the key's bytes into the
+    # graph as a string constant, so without read confinement they would be in saved_model.pb, signed and published.
+    secret = tmp_path / "keys" / "signing_key.pem"
+    secret.parent.mkdir()
+    key_bytes = b"-----BEGIN PRIVATE KEY-----tfship-test-" + os.urandom(16).hex().encode()
+    secret.write_bytes(key_bytes)
+    tf = "__import__('tensorflow')"
+    source = _lambda_model(tmp_path / "model.keras",
+                           f"t + 0.0 * {tf}.cast({tf}.strings.length(open({str(secret)!r}).read()), 'float32')")
+    repo = tmp_path / "models"
+    result = run_cli("export", source, "--name", "steal", "--repo", repo, "--trust-code", *SM_ONLY,
+                     env={"TFSHIP_TEST_ACT": "1"})
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr
+    assert f"{secret}: access refused: the export worker is confined (Landlock) and may read only" in errors[0]
+    assert _versions(repo, "steal") == []
+    assert not any(p.name.startswith(".tfship-tmp-") for p in (repo / "steal").iterdir())
+    assert not [p for p in repo.rglob("*") if p.is_file() and key_bytes in p.read_bytes()]
+
+
+def test_the_worker_reads_neither_the_folder_of_the_model_nor_the_checkout_root(tmp_path, monkeypatch):
+    import tfship
+    from tfship.exporter.worker import read_rules
+
+    project = tmp_path / "project"
+    (project / "keys").mkdir(parents=True)
+    (project / "arch_mod.py").write_text("def build(): ...\n")
+    monkeypatch.syspath_prepend(str(project))  # where the user's arch_mod is imported from
+    monkeypatch.chdir(project)
+    readable, listable = read_rules({"source": str(project / "m.weights.h5"), "architecture": "arch_mod:build",
+                                     "samples": str(project / "s.npz")}, sign_key=project / "keys" / "signing_key.pem")
+    project = project.resolve()
+    # No rule opens the project (or a folder above it) whole: only the files named on the command line.
+    assert [r for r in readable if project.is_relative_to(r)] == []
+    assert {str(project / name) for name in ("m.weights.h5", "s.npz", "arch_mod.py")} <= set(readable)
+    assert str(project) in listable  # the import system lists it to find arch_mod.py
+    checkout = Path(tfship.__file__).resolve().parents[1]
+    assert str(checkout / "exporter") in readable and str(checkout / "tfship") in readable
+    assert [r for r in readable if checkout.is_relative_to(r)] == []
 
 
 def test_only_regular_files_and_directories_are_published(tmp_path):
