@@ -62,7 +62,8 @@ MAX_MESSAGE = 64 << 20  # a manifest with many files and outputs stays far below
 _STDERR_TAIL = 64 << 10
 _KERAS_CONFIG_MAX = 64 << 10
 # System library and configuration locations every export reads (TensorFlow, LiteRT, onnxruntime, tf2onnx).
-SYSTEM_READABLE = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc", "/proc", "/sys", "/dev", "/opt")
+SYSTEM_READABLE = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc", "/proc", "/sys", "/dev")
+_OPTIONAL_READABLE = ("/opt",)  # software lives there, and sometimes projects: not opened when it holds the model
 _TFSHIP_PACKAGES = ("tfship", "tfship.exporter", "tfship.serving", "tfship.client")
 _PATH_OPTIONS = ("source", "repo", "calibration", "samples", "sign_key")
 # Errors the worker may report, by class name: the parent re-raises the same class.
@@ -131,7 +132,12 @@ def read_rules(data: dict[str, Any], sign_key: Path | None = None) -> tuple[list
     packages = [_real(p) for p in _package_folders()]
     readable: list[str] = [p for p in SYSTEM_READABLE if os.path.exists(p)]
     listable: list[str] = []
-    for entry in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path):
+    if sign_key is not None:
+        exposed = [p for p in readable if _is_within(_real(sign_key), p)]
+        if exposed:
+            log.warning("the signing key %s lies under %s, which the export worker may read; keep the key elsewhere "
+                        "(in a folder of its own, next to the model or in your home directory)", sign_key, exposed[0])
+    for entry in (*_OPTIONAL_READABLE, sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path):
         path = _real(entry or os.getcwd())
         # The checkout that holds tfship's own folders is not opened whole: its package folders are.
         if os.path.exists(path) and open_whole(path) and not any(_is_within(p, path) for p in packages):
@@ -140,8 +146,7 @@ def read_rules(data: dict[str, Any], sign_key: Path | None = None) -> tuple[list
     source = data.get("source")
     if source:
         readable.append(_real(source))
-        readable += sorted(str(p) for p in Path(source).parent.glob(f"{Path(source).name}.*")
-                           if p.name.endswith(".index") or ".data-" in p.name)  # a TensorFlow checkpoint prefix
+        readable += _checkpoint_files(Path(source))
     readable += [_real(data[key]) for key in ("samples", "calibration") if data.get(key)]
     architecture = data.get("architecture") or ""
     for module in (data.get("custom_objects"), architecture.rpartition(":")[0] or architecture):
@@ -152,6 +157,16 @@ def read_rules(data: dict[str, Any], sign_key: Path | None = None) -> tuple[list
         else:  # pkg.module: import it from where the import system would find it
             _module_rules(module, open_whole, readable, listable)
     return list(dict.fromkeys(readable)), list(dict.fromkeys(listable))
+
+
+def _checkpoint_files(prefix: Path) -> list[str]:
+    """The index and data shards of a TensorFlow checkpoint named by its prefix (``ckpt/weights``)."""
+    try:
+        with os.scandir(prefix.parent) as entries:
+            names = [e.name for e in entries if e.name.startswith(f"{prefix.name}.")]
+    except OSError:
+        return []
+    return sorted(_real(prefix.parent / n) for n in names if n == f"{prefix.name}.index" or n.startswith(f"{prefix.name}.data-"))
 
 
 def _module_rules(name: str, open_whole: Callable[[str], bool], readable: list[str], listable: list[str]) -> None:

@@ -164,6 +164,48 @@ def test_trusted_code_cannot_read_the_signing_key_next_to_the_model(tmp_path):
     assert not [p for p in repo.rglob("*") if p.is_file() and key_bytes in p.read_bytes()]
 
 
+@needs_landlock
+def test_custom_objects_module_cannot_read_the_users_ssh_key(tmp_path, monkeypatch):
+    import keras
+
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("not for the export")
+    monkeypatch.setenv("HOME", str(home))
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "layers.py").write_text(f"KEY = open({str(home / '.ssh' / 'id_ed25519')!r}).read()\n")
+    x = keras.Input((3,), name="x")
+    keras.Model(x, keras.layers.Dense(2, name="d")(x)).save(tmp_path / "m.keras")
+    repo = tmp_path / "models"
+    result = run_cli("export", tmp_path / "m.keras", "--name", "ssh", "--repo", repo, "--custom-objects", code / "layers.py",
+                     *SM_ONLY)
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr
+    assert f"{home / '.ssh' / 'id_ed25519'}: access refused: the export worker is confined (Landlock)" in errors[0]
+    assert "cannot import the custom objects module" in errors[0]  # what failed, after what was refused
+    assert _versions(repo, "ssh") == []
+
+
+def test_the_worker_has_a_private_home_with_the_users_keras_configuration(tmp_path, monkeypatch):
+    # The worker may not read the user's home: its HOME is private, and holds a copy of keras.json.
+    keras_home = tmp_path / "keras_home"
+    keras_home.mkdir()
+    (keras_home / "keras.json").write_text(json.dumps({"epsilon": 0.25, "floatx": "float32", "backend": "tensorflow",
+                                                       "image_data_format": "channels_last"}))
+    monkeypatch.setenv("KERAS_HOME", str(keras_home))
+    probe = "__import__('os').path.expanduser('~')"
+    source = _lambda_model(tmp_path / "cfg.keras", f"t * __import__('keras').config.epsilon() * (1 + int({probe} == "
+                                                   f"{str(Path.home())!r}))")
+    repo = tmp_path / "models"
+    result = run_cli("export", source, "--name", "cfg", "--repo", repo, "--trust-code", *SM_ONLY, env={"TFSHIP_TEST_ACT": "1"})
+    assert result.exit_code == 0, result.stderr
+    golden = np.load(repo / "cfg" / "1" / "golden.npz")
+    np.testing.assert_allclose(golden["outputs/probe"], 0.25 * golden["inputs/x"], atol=1e-6)  # 0.5 had HOME been the user's
+    assert listing(keras_home) == ["keras.json"]
+
+
 def test_the_worker_reads_neither_the_folder_of_the_model_nor_the_checkout_root(tmp_path, monkeypatch):
     import tfship
     from tfship.exporter.worker import read_rules
