@@ -1,0 +1,290 @@
+"""Containers for real: tfship's server image, the compose file and the verify-then-serve Dockerfile.
+
+Every test runs against the Docker Engine and images built here by docker/build-test-images.sh (Debian's
+packages and the package index, no registry): the first build takes minutes, later ones reuse the cache in
+~/.cache/tfship-test and skip images whose inputs did not change. The container's own HEALTHCHECK is what
+says "healthy" (it is run by the engine, not read from the Dockerfile), and ``tfship validate`` checks what
+the container answers over gRPC through the mapped port.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, copy_repo, free_port, run_cli
+
+pytestmark = pytest.mark.docker
+
+BUILDER = ROOT / "docker" / "build-test-images.sh"
+BASE_IMAGE = "tfship-test-base"
+SERVER_IMAGE = "tfship-model-server"
+LABEL = "org.tfship.test"  # every container this module starts carries it; cleanup goes by it
+UNREACHABLE = 75  # build-test-images.sh: Debian's packages or the package index could not be reached
+HEALTHY_WITHIN = 240.0  # seconds: TensorFlow's import and the model load on 2 shared cores
+
+
+def _sdk() -> Any:
+    """The Docker SDK (a type checker run from the repository root takes its docker/ folder for the SDK)."""
+    return importlib.import_module("docker")
+
+
+def _builder(*args: str, log: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["bash", str(BUILDER), *args], capture_output=True, text=True, timeout=3600,
+                            env={**os.environ, "PYTHON": str(ROOT / ".venv" / "bin" / "python")})
+    log.write_text(result.stdout + result.stderr)
+    return result
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The test images, built (or found up to date) by the script; skips when nothing can be built from."""
+    log = tmp_path_factory.mktemp("images") / "build.log"
+    started = time.monotonic()
+    result = _builder("all", log=log)
+    if result.returncode == UNREACHABLE:
+        pytest.skip(f"cannot build the test images: {result.stderr.strip().splitlines()[-1]}")
+    assert result.returncode == 0, f"docker/build-test-images.sh failed:\n{result.stderr[-4000:]}"
+    print(f"test images ready in {time.monotonic() - started:.0f}s")
+    return {"base": BASE_IMAGE, "server": SERVER_IMAGE}
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    client = _sdk().from_env(timeout=300)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def containers(docker_client: Any) -> Iterator[list[Any]]:
+    """Containers a test starts; removed afterwards whatever happened."""
+    started: list[Any] = []
+    yield started
+    for container in started:
+        try:
+            container.remove(force=True, v=True)
+        except Exception as exc:  # gone already
+            print(f"cleanup: {container.name}: {exc}")
+
+
+def _readable(repo: Path) -> Path:
+    """Let the image's non-root user read the repository (the exporter leaves version folders 0700)."""
+    for path in [repo, *repo.rglob("*")]:
+        path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+    return repo
+
+
+def _run_server(docker_client: Any, containers: list[Any], repo: Path, grpc_port: int, rest_port: int, *,
+                env: dict[str, str], command: list[str] | None = None, image: str = SERVER_IMAGE) -> Any:
+    container = docker_client.containers.run(
+        image, command=command, detach=True, environment=env, name=f"tfship-test-{uuid.uuid4().hex[:10]}",
+        labels={LABEL: "test_containers"}, volumes={str(repo): {"bind": "/models", "mode": "ro"}},
+        ports={"8500/tcp": ("127.0.0.1", grpc_port), "8501/tcp": ("127.0.0.1", rest_port)})
+    containers.append(container)
+    return container
+
+
+def _wait_healthy(docker_client: Any, container: Any, timeout: float = HEALTHY_WITHIN) -> None:
+    """Wait for the engine's health_status event of the container's own HEALTHCHECK (or its death)."""
+    since = time.time() - 600  # events since well before the container started: none is missed
+    until = time.time() + timeout  # the engine ends the event stream here: the wait is bounded
+    filters = {"container": container.id, "event": ["health_status", "die"]}
+    for event in docker_client.events(since=since, until=until, filters=filters, decode=True):
+        status = event.get("status", "")
+        if status == "health_status: healthy":
+            return
+        if status == "die":
+            pytest.fail(f"{container.name} exited:\n{_logs(container)}")
+    container.reload()
+    health = container.attrs["State"].get("Health") or {}
+    pytest.fail(f"{container.name} is {health.get('Status', 'without health status')} after {timeout:.0f}s; "
+                f"last probes: {health.get('Log', [])[-3:]}\n{_logs(container)}")
+
+
+def _logs(container: Any) -> str:
+    try:
+        return container.logs(tail=40).decode("utf-8", "replace")
+    except Exception as exc:
+        return f"(no log: {exc})"
+
+
+def _validate(grpc_port: int, model: str, golden: Path) -> None:
+    result = run_cli("validate", "--target", f"127.0.0.1:{grpc_port}", "--model", model, "--golden", golden)
+    assert result.exit_code == 0, result.stdout + result.stderr
+
+
+def _uid_of_the_server(container: Any) -> int:
+    code, output = container.exec_run(["cat", "/proc/1/status"])
+    assert code == 0, output
+    line = next(line for line in output.decode().splitlines() if line.startswith("Uid:"))
+    return int(line.split()[1])
+
+
+def test_server_image_becomes_healthy_serves_the_golden_set_and_runs_as_non_root(images, signed_repo, tmp_path,
+                                                                                 docker_client, containers):
+    repo = _readable(copy_repo(signed_repo["repo"], tmp_path / "models"))
+    grpc_port, rest_port = free_port(), free_port()
+    # tensorflow/serving's contract: MODEL_NAME picks /models/$MODEL_NAME, ports 8500 and 8501.
+    container = _run_server(docker_client, containers, repo, grpc_port, rest_port, env={"MODEL_NAME": "digits"})
+    _wait_healthy(docker_client, container)
+    _validate(grpc_port, "digits", repo / "digits" / "2" / "golden.npz")
+    assert _uid_of_the_server(container) != 0
+    assert container.attrs["Config"]["User"] not in ("", "0", "root")
+    # No key was given: the image serves what is mounted, and says so.
+    assert "model signatures are NOT verified" in _logs(container)
+
+
+def test_server_image_passes_extra_flags_through(images, signed_repo, tmp_path, docker_client, containers):
+    repo = _readable(copy_repo(signed_repo["repo"], tmp_path / "models"))
+    # A model name that exists only in this config file: healthy and valid only if the flag reached the server
+    # (the entry point's own --model_base_path=/models/mnist does not exist).
+    (repo / "models.config").write_text('model_config_list { config { name: "mnist" base_path: "/models/digits" '
+                                        'model_platform: "tensorflow" } }\n')
+    grpc_port, rest_port = free_port(), free_port()
+    container = _run_server(docker_client, containers, repo, grpc_port, rest_port, env={"MODEL_NAME": "mnist"},
+                            command=["--model_config_file=/models/models.config", "--file_system_poll_wait_seconds=5"])
+    _wait_healthy(docker_client, container)
+    _validate(grpc_port, "mnist", repo / "digits" / "2" / "golden.npz")
+
+
+def test_server_image_verifies_signatures_when_given_a_key(images, signed_repo, keys, tmp_path, docker_client, containers):
+    from tfship.core.errors import ServerUnavailable
+    from tfship.serving.readiness import wait_ready
+
+    repo = _readable(copy_repo(signed_repo["repo"], tmp_path / "models"))
+    (repo / "digits" / "2" / "manifest.json").write_text("{}")  # tampered after signing
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    shutil.copy(keys["public"], keys_dir / "signing_key.pub")
+    (keys_dir / "signing_key.pub").chmod(0o644)
+    grpc_port, rest_port = free_port(), free_port()
+    container = docker_client.containers.run(
+        SERVER_IMAGE, detach=True, name=f"tfship-test-{uuid.uuid4().hex[:10]}", labels={LABEL: "test_containers"},
+        environment={"MODEL_NAME": "digits", "TFSHIP_PUBLIC_KEY": "/keys/signing_key.pub"},
+        volumes={str(repo): {"bind": "/models", "mode": "ro"}, str(keys_dir): {"bind": "/keys", "mode": "ro"}},
+        ports={"8500/tcp": ("127.0.0.1", grpc_port), "8501/tcp": ("127.0.0.1", rest_port)})
+    containers.append(container)
+    # Version 2 fails its signature check, so it never loads: readiness reports TF Serving's END with the reason.
+    with pytest.raises(ServerUnavailable) as refused:
+        wait_ready(f"127.0.0.1:{grpc_port}", {"digits": [2]}, timeout=HEALTHY_WITHIN)
+    assert "signature" in refused.value.message, f"{refused.value.message}\n{_logs(container)}"
+    assert "NOT verified" not in _logs(container)
+
+
+def _compose_command() -> list[str]:
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.skip("neither 'docker compose' nor 'docker-compose' is installed")
+
+
+def test_compose_file_with_the_image_overridden(images, signed_repo, keys, tmp_path, docker_client):
+    repo = _readable(copy_repo(signed_repo["repo"], tmp_path / "models"))
+    config = run_cli("serve", "config", "--repo", repo, "--public-key", keys["public"])
+    assert config.exit_code == 0, config.stderr
+    grpc_port, rest_port = free_port(), free_port()
+    project = f"tfship-test-{uuid.uuid4().hex[:10]}"
+    env = {**os.environ, "TFSHIP_SERVING_IMAGE": SERVER_IMAGE, "TFSHIP_REPO": str(repo), "MODEL_NAME": "digits",
+           "TFSHIP_GRPC_PORT": str(grpc_port), "TFSHIP_REST_PORT": str(rest_port)}
+    compose = [*_compose_command(), "-f", str(ROOT / "docker" / "compose.yaml"), "-p", project]
+    by_project = {"label": f"com.docker.compose.project={project}"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*compose, *args], env=env, capture_output=True, text=True, timeout=300)
+
+    try:
+        up = run("up", "-d", "serving")
+        assert up.returncode == 0, up.stdout + up.stderr
+        (container,) = docker_client.containers.list(all=True, filters=by_project)
+        assert container.image.tags == [f"{SERVER_IMAGE}:latest"]
+        _wait_healthy(docker_client, container)
+        _validate(grpc_port, "digits", repo / "digits" / "2" / "golden.npz")
+        down = run("down", "--volumes", "--remove-orphans")
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert docker_client.containers.list(all=True, filters=by_project) == []
+        assert docker_client.networks.list(filters=by_project) == []
+    finally:
+        run("down", "--volumes", "--remove-orphans")
+
+
+@pytest.fixture
+def built_images(docker_client: Any) -> Iterator[Callable[[str], None]]:
+    """Tags a test builds, and the dangling layers its builds leave; all removed afterwards."""
+    errors = _sdk().errors
+    before = {image.id for image in docker_client.images.list(filters={"dangling": True})}
+    tags: list[str] = []
+    yield tags.append
+    for tag in tags:
+        try:
+            docker_client.images.remove(tag, force=True)
+        except errors.ImageNotFound:
+            pass
+    for image in docker_client.images.list(filters={"dangling": True}):
+        if image.id not in before:
+            try:
+                docker_client.images.remove(image.id, force=True)
+            except errors.APIError:
+                pass
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:  # another file system
+        shutil.copy2(source, destination)
+
+
+def _verified_image_context(repo: Path, public_key: Path, destination: Path) -> Path:
+    """What docker/Dockerfile copies from a checkout, with the wheels of the offline build."""
+    wheelhouse = _builder("wheelhouse", log=destination.parent / "wheelhouse.log")
+    assert wheelhouse.returncode == 0, wheelhouse.stderr
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, destination / name)
+    for name in ("tfship", "exporter", "serving", "client"):
+        shutil.copytree(ROOT / name, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(wheelhouse.stdout.strip(), destination / "docker" / "wheelhouse", copy_function=_link_or_copy)
+    shutil.copytree(repo, destination / "models")
+    (destination / "keys").mkdir()
+    shutil.copy(public_key, destination / "keys" / "signing_key.pub")
+    return destination
+
+
+def _build_verified_image(context: Path, tag: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", "build", "--force-rm", "-f", str(ROOT / "docker" / "Dockerfile"), "-t", tag,
+         "--build-arg", f"VERIFY_IMAGE={BASE_IMAGE}", "--build-arg", f"SERVING_IMAGE={SERVER_IMAGE}",
+         "--build-arg", "PIP_NO_INDEX=1", str(context)],
+        capture_output=True, text=True, timeout=1200, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+
+
+def test_verify_then_serve_dockerfile_refuses_a_tampered_version_and_builds_a_signed_one(images, signed_repo, keys, tmp_path,
+                                                                                          built_images):
+    signed = copy_repo(signed_repo["repo"], tmp_path / "signed")
+    assert run_cli("serve", "config", "--repo", signed, "--public-key", keys["public"]).exit_code == 0
+    tampered = copy_repo(signed, tmp_path / "tampered")
+    (tampered / "digits" / "1" / "golden.npz").write_bytes(b"not the signed file")
+
+    tag = f"tfship-test/tampered:{uuid.uuid4().hex[:10]}"
+    built_images(tag)
+    context = tmp_path / "tampered-context"
+    context.mkdir()
+    refused = _build_verified_image(_verified_image_context(tampered, keys["public"], context), tag)
+    assert refused.returncode != 0, refused.stdout[-3000:]
+    assert "/models/digits/1: file changed since signing: golden.npz" in refused.stdout, refused.stdout[-3000:]
+
+    tag = f"tfship-test/signed:{uuid.uuid4().hex[:10]}"
+    built_images(tag)
+    context = tmp_path / "signed-context"
+    context.mkdir()
+    accepted = _build_verified_image(_verified_image_context(signed, keys["public"], context), tag)
+    assert accepted.returncode == 0, accepted.stdout[-3000:] + accepted.stderr[-2000:]
