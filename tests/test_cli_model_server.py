@@ -1,6 +1,6 @@
 """``tfship model-server``: TF Serving's flags, spelled as TF Serving spells them, on the local engine.
 
-Where a test quotes TF Serving, the words come from tensorflow_serving/model_servers/main.cc.
+Where a test quotes TF Serving, the words come from tensorflow_serving/model_servers/main.cc and server.cc.
 """
 
 from __future__ import annotations
@@ -53,10 +53,11 @@ def test_an_unknown_flag_is_named_as_tf_serving_names_it():
 
 
 @pytest.mark.parametrize("flags, message", [
-    # main.cc: "--rest_api_port cannot be same as --port. Please use a different port for HTTP/REST API."
-    (["--port=9000", "--rest_api_port", "9000", "--model_base_path=/x"], "--rest_api_port cannot be same as --port"),
-    # main.cc: "You supplied --batching_parameters_file without --enable_batching"
-    (["--model_base_path=/x", "--batching_parameters_file={file}"], "--batching_parameters_file without --enable_batching"),
+    # server.cc: "server_options.grpc_port is not set."
+    (["--port=0", "--model_base_path=/x"], "--port is not set"),
+    # server.cc: "server_options.batching_parameters_file is set without setting server_options.enable_batching to true."
+    (["--model_base_path=/x", "--batching_parameters_file={file}"], "is set without setting --enable_batching to true"),
+    (["--model_base_path=/x", "--enable_batching=false", "--batching_parameters_file", "{file}"], "without setting --enable_batching"),
     # server.cc: "Both server_options.model_base_path and server_options.model_config_file are empty!"
     (["--port=9000"], "both --model_base_path and --model_config_file are empty"),
     (["--model_config_file=/nonexistent/models.config"], "--model_config_file=/nonexistent/models.config: no such file"),

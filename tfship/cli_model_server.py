@@ -68,13 +68,14 @@ class ServerFlags:
             # server.cc: "Both server_options.model_base_path and server_options.model_config_file are empty!"
             raise UsageError("both --model_base_path and --model_config_file are empty: give a model's base path "
                              "(with --model_name) or a ModelServerConfig file")
-        if self.rest_api_port and self.rest_api_port == self.port:
-            # main.cc: "--rest_api_port cannot be same as --port. Please use a different port for HTTP/REST API."
-            raise UsageError(f"--rest_api_port cannot be same as --port ({self.port}): use a different port for the "
-                             "HTTP/REST API (0 turns it off)")
+        if self.port == 0:
+            # server.cc: "server_options.grpc_port is not set."
+            raise UsageError("--port is not set: give the gRPC port (TF Serving's default is 8500)")
         if self.batching_parameters_file and not self.enable_batching:
-            # main.cc: "You supplied --batching_parameters_file without --enable_batching"
-            raise UsageError("you supplied --batching_parameters_file without --enable_batching")
+            # server.cc: "server_options.batching_parameters_file is set without setting
+            # server_options.enable_batching to true."
+            raise UsageError(f"--batching_parameters_file={self.batching_parameters_file} is set without setting "
+                             "--enable_batching to true")
         for flag, path in (("--model_config_file", self.model_config_file), ("--batching_parameters_file", self.batching_parameters_file),
                            ("--monitoring_config_file", self.monitoring_config_file), ("--ssl_config_file", self.ssl_config_file),
                            ("--tfship_public_key", self.tfship_public_key)):
@@ -129,7 +130,13 @@ def build_engine(flags: ServerFlags) -> LocalEngine:
         ssl = cfg.read_ssl_config(flags.ssl_config_file)
         tls = TlsOptions(server_key=ssl.server_key.encode(), server_cert=ssl.server_cert.encode(),
                          custom_ca=ssl.custom_ca.encode() if ssl.custom_ca else None, client_verify=ssl.client_verify)
-    return LocalEngine(configs, host=LISTEN_HOST, grpc_port=flags.port, rest_port=flags.rest_api_port or None,
+    rest_port: int | None = flags.rest_api_port or None
+    if rest_port == flags.port:
+        # TF Serving serves gRPC alone then (server.cc): "server_options.http_port cannot be same as grpc_port.
+        # Please use a different port for HTTP/REST API. Skipped exporting HTTP/REST API."
+        log.error("--rest_api_port cannot be same as --port (%d): skipped exporting the HTTP/REST API", flags.port)
+        rest_port = None
+    return LocalEngine(configs, host=LISTEN_HOST, grpc_port=flags.port, rest_port=rest_port,
                        verifier=gate.verifier_for(flags.tfship_public_key), batching=batching,
                        poll_seconds=float(flags.file_system_poll_wait_seconds), tls=tls,
                        intra_op_threads=flags.tensorflow_intra_op_parallelism,
