@@ -73,6 +73,11 @@ class _PathBeneathAttr(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
+# Open descriptors of rule paths in procfs: a process's /proc/<pid> gets a new inode whenever its dentry is
+# looked up afresh, so the dentry a rule names is kept alive for the life of the process.
+_PINNED: list[int] = []
+
+
 @dataclass(frozen=True)
 class Confinement:
     """What :func:`confine` could enforce in this process."""
@@ -177,6 +182,7 @@ def confine(writable: Sequence[Path], writable_files: tuple[Path, ...] = (Path("
                 if path in writable:  # the staging and private folders always exist: their absence is a bug
                     raise
                 continue
+            pin = False
             try:
                 rights = on_dir if stat.S_ISDIR(os.fstat(fd).st_mode) else on_file
                 if not rights:
@@ -185,8 +191,12 @@ def confine(writable: Sequence[Path], writable_files: tuple[Path, ...] = (Path("
                 if syscall(ctypes.c_long(_SYS_ADD_RULE), ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH),
                            ctypes.byref(rule), ctypes.c_uint32(0)) != 0:
                     return Confinement(abi, False, f"landlock_add_rule({path}) failed: {os.strerror(ctypes.get_errno())}")
+                pin = os.path.realpath(path).startswith("/proc/")
             finally:
-                os.close(fd)
+                if pin:
+                    _PINNED.append(fd)
+                else:
+                    os.close(fd)
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             return Confinement(abi, False, f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
         if syscall(ctypes.c_long(_SYS_RESTRICT_SELF), ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:

@@ -62,7 +62,11 @@ MAX_MESSAGE = 64 << 20  # a manifest with many files and outputs stays far below
 _STDERR_TAIL = 64 << 10
 _KERAS_CONFIG_MAX = 64 << 10
 # System library and configuration locations every export reads (TensorFlow, LiteRT, onnxruntime, tf2onnx).
-SYSTEM_READABLE = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc", "/proc", "/sys", "/dev")
+SYSTEM_READABLE = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc", "/sys", "/dev",
+                   # /proc: the worker's own entries and the system-wide ones libraries read, never other processes'
+                   # (/proc/<parent>/environ would hand it the variables kept out of its environment).
+                   "/proc/self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/loadavg", "/proc/uptime",
+                   "/proc/version", "/proc/filesystems", "/proc/sys", "/proc/driver")
 _OPTIONAL_READABLE = ("/opt",)  # software lives there, and sometimes projects: not opened when it holds the model
 _TFSHIP_PACKAGES = ("tfship", "tfship.exporter", "tfship.serving", "tfship.client")
 _PATH_OPTIONS = ("source", "repo", "calibration", "samples", "sign_key")

@@ -165,6 +165,25 @@ def test_trusted_code_cannot_read_the_signing_key_next_to_the_model(tmp_path):
 
 
 @needs_landlock
+def test_trusted_code_cannot_read_the_exporters_environment(tmp_path):
+    # The key's password is kept out of the worker's environment; the exporter's own, in /proc, must stay out of reach.
+    password = "pw-" + os.urandom(8).hex()
+    tf = "__import__('tensorflow')"
+    environ = "'/proc/%d/environ' % __import__('os').getppid()"
+    source = _lambda_model(tmp_path / "env.keras", f"t + 0.0 * {tf}.cast({tf}.strings.length(open({environ}, 'rb').read()), 'float32')")
+    repo = tmp_path / "models"
+    result = subprocess.run([sys.executable, "-m", "tfship", "-q", "export", str(source), "--name", "env", "--repo", str(repo),
+                             "--trust-code", *SM_ONLY], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TFSHIP_TEST_ACT": "1", "TFSHIP_SIGN_KEY_PASSWORD": password})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(r"error: /proc/\d+/environ: access refused: the export worker is confined", lines[0]), result.stderr
+    assert password not in result.stderr
+    assert _versions(repo, "env") == []
+    assert not [p for p in repo.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+
+
+@needs_landlock
 def test_custom_objects_module_cannot_read_the_users_ssh_key(tmp_path, monkeypatch):
     import keras
 
