@@ -167,10 +167,20 @@ build_server() {
     say "building $SERVER_IMAGE on $BASE_IMAGE (pip install --no-index from the wheelhouse)"
     docker build --label "$LABEL=$inputs" --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg PIP_NO_INDEX=1 \
         -t "$SERVER_IMAGE" -f "$ROOT/docker/model-server.Dockerfile" "$context" 2>&1 \
+        | tee "$CACHE/server-build.log" \
         | while IFS= read -r line; do printf '    %4ds %s\n' "$((SECONDS - START))" "$line"; done >&2
-    [[ "${PIPESTATUS[0]}" == 0 ]] || die "docker build of $SERVER_IMAGE failed"
+    [[ "${PIPESTATUS[0]}" == 0 ]] || die "docker build of $SERVER_IMAGE failed (log: $CACHE/server-build.log)"
     rm -rf "$context"
     remove_replaced "$old_id" "$SERVER_IMAGE"
+    # The classic builder leaves the install stage behind as an untagged image (the layer cache of the
+    # next build). Keep the newest only: its id is the last one printed before the final stage starts.
+    local stage previous
+    stage=$(awk '/^Step [0-9]+\/[0-9]+ : FROM /{n++} n == 1 && $1 == "--->" {id = $2} END {print id}' "$CACHE/server-build.log")
+    previous=$(cat "$CACHE/install-stage.id" 2>/dev/null || true)
+    if [[ -n "$previous" && "$previous" != "$stage" ]]; then
+        docker image rm "$previous" >/dev/null 2>&1 || true
+    fi
+    [[ -n "$stage" ]] && echo "$stage" >"$CACHE/install-stage.id"
     say "$SERVER_IMAGE built"
 }
 
