@@ -9,7 +9,7 @@ under the staging directory and its private temporary folders (its working direc
 TFLite and tf2onnx write temporary files), and write to ``/dev/null``. It may not create symlinks, devices, FIFOs or sockets anywhere,
 open TCP connections (ABI 4+), nor signal processes or reach abstract UNIX sockets outside itself
 (ABI 6+). When the caller passes ``readable``, reads and executions are confined too: the worker may
-read, list and execute only beneath those paths (plus the writable ones), and only list the
+read, list and execute only beneath those paths (read and list the writable ones), and only list the
 ``listable`` folders, so the signing key next to the model or ``~/.ssh`` cannot be read and copied
 into the version the parent signs. Denied operations fail with ``EACCES``.
 
@@ -157,7 +157,7 @@ def confine(writable: Sequence[Path], writable_files: tuple[Path, ...] = (Path("
         read_file_rights = _READ_FILE | _EXECUTE
         read_dir_rights = read_file_rights | _READ_DIR
         handled_fs |= read_dir_rights
-        dir_rights |= read_dir_rights
+        dir_rights |= _READ_FILE | _READ_DIR  # what the worker writes, it may read back, not execute
         file_rights |= _READ_FILE
     attr = _RulesetAttr(handled_access_fs=handled_fs,
                         handled_access_net=(_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 else 0,

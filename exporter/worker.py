@@ -19,7 +19,8 @@ numpy, TensorFlow or the model's custom objects. ``--trust-code`` lets a model's
 
 Its reads are confined as well (:func:`read_rules`, computed here in the parent): the Python
 installation and the ``sys.path`` entries it needs, tfship's own package folders, system library and
-configuration locations, the model, the files named on the command line, and its own folders. A
+configuration locations (in ``/proc`` only its own entries and system-wide ones, never another
+process's environment), the model, the files named on the command line, and its own folders. A
 folder that holds the model, the signing key, the caller's working directory or the home directory is
 never opened to it whole, so ``keys/signing_key.pem`` next to the model and ``~/.ssh`` stay out of
 reach. ``HOME`` points at a private folder (``~/.keras/keras.json`` is copied there when it exists).
