@@ -63,11 +63,25 @@ def next_version(model_dir: Path, requested: int | None) -> int:
     return (existing[-1] + 1) if existing else 1
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would set it, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 def publish(staging: Path, model_dir: Path, version: int) -> Path:
     """Rename the finished staging directory to its version number (atomic on one file system)."""
     target = model_dir / str(version)
     if target.exists():
         raise ExportError(f"{target} appeared while exporting; nothing was overwritten (the export is discarded)")
+    # mkdtemp makes the staging folder 0700; a published version gets the mode a plain mkdir would give it,
+    # so a server running as another user (tfship's image runs as a non-root user) can read it.
+    os.chmod(staging, 0o777 & ~_umask())
     fd = os.open(staging, os.O_RDONLY)
     try:
         os.fsync(fd)

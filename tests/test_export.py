@@ -70,6 +70,19 @@ def test_versions_increment_and_are_never_overwritten(signed_repo, digits_model,
     assert (repo / "d" / "6").is_dir()
 
 
+def test_published_version_is_readable_by_a_server_running_as_another_user(signed_repo):
+    """A version folder gets a plain mkdir's mode (umask 022 here), not the 0700 of its staging folder:
+    tfship's server image runs as a non-root user and must read the repository it is given."""
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    version = signed_repo["repo"] / "digits" / "1"
+    assert stat.S_IMODE(version.stat().st_mode) == 0o777 & ~umask
+    assert all(os.stat(path).st_mode & stat.S_IROTH for path in version.rglob("*")), "every file is readable by others"
+
+
 def test_multi_input_multi_output_and_dict_outputs(tmp_path):
     import keras
 

@@ -1,6 +1,6 @@
-"""The ``tfship`` command: dispatches to exporter/, serving/ and client/.
+"""tfship: export Keras models to signed SavedModel, TFLite and ONNX, serve them, validate what is served.
 
-It is a package of its own, beside the three parts of the design card, because the one console script
-sits above all of them (serving imports exporter, exporter imports client) and must start without
-importing any of their heavy dependencies: ``python -m tfship`` / ``tfship --help`` stay fast.
+This package holds the ``tfship`` command (``cli.py`` and one ``cli_*.py`` module per area) and the shared
+core (``tfship.core``). The design card's folders ``exporter/``, ``serving/`` and ``client/`` install beside
+them as ``tfship.exporter``, ``tfship.serving`` and ``tfship.client``.
 """
