@@ -24,7 +24,9 @@ PYTEST_ARGS ?=
 SAMPLES := $(if $(filter $(DEFAULT_MODEL),$(MODEL)),--samples examples/build/digits_samples.npz,)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo example keys export serve stop status validate bench clean
+PACKAGE_DIRS := tfship exporter serving client
+
+.PHONY: help install lint test demo example keys export serve stop status validate bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,7 +40,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install tfship with everything it needs
 
-test: $(STAMP) ## Run the test suite
+lint: $(STAMP) ## ruff and mypy over the package (part of make test)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy $(PACKAGE_DIRS)
+
+test: lint ## Lint, then run the test suite (PYTEST_ARGS='-m "not slow"' for the quick run)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP) ## Train the example, export it signed, serve it on the local engine, validate over gRPC, stop
