@@ -57,6 +57,7 @@ class VersionPolicy:
         raise UsageError(f"--versions {text!r}: expected latest:N, all, or specific:1,2")
 
     def select(self, available: list[int]) -> list[int]:
+        """The versions this policy serves out of ``available`` (the verified ones), ascending."""
         if self.kind == "all":
             return sorted(available)
         if self.kind == "specific":
@@ -70,8 +71,9 @@ class ModelEntry:
     base_path: str
     policy: VersionPolicy = VersionPolicy()
     labels: dict[str, int] = field(default_factory=dict)
-    # Versions to serve when some on disk were left out (--skip-invalid): policy becomes specific.
-    only_versions: tuple[int, ...] | None = None
+    # The verified versions the policy selected: models.config pins exactly these (``specific``), so a
+    # version copied in later is never served before ``tfship serve reload`` has verified it.
+    versions: tuple[int, ...] = ()
 
 
 def scan(repo: Path) -> dict[str, list[int]]:
@@ -114,6 +116,10 @@ def build_entries(repo: Path, *, base_root: str | None = None, policy: VersionPo
         valid = [v for v in found if (name, v) not in exclude]
         if not valid:
             continue
+        missing = [v for v in policy.versions if v not in found] if policy.kind == "specific" else []
+        if missing:
+            raise UsageError(f"--versions specific:...: {name} has no version {', '.join(map(str, missing))} in {repo} "
+                             f"(on disk: {', '.join(map(str, found))})")
         served = policy.select(valid)
         model_labels = {**labels.get("*", {}), **labels.get(name, {})}
         for label, version in model_labels.items():
@@ -122,9 +128,10 @@ def build_entries(repo: Path, *, base_root: str | None = None, policy: VersionPo
                     f"--label {label}={version}: {name} version {version} is not served "
                     f"(served: {', '.join(map(str, served)) or 'none'}); TF Serving only labels available versions"
                 )
+        if not served:
+            continue
         base = f"{base_root.rstrip('/')}/{name}" if base_root else str(repo / name)
-        only = tuple(served) if len(valid) != len(found) else None
-        entries.append(ModelEntry(name=name, base_path=base, policy=policy, labels=model_labels, only_versions=only))
+        entries.append(ModelEntry(name=name, base_path=base, policy=policy, labels=model_labels, versions=tuple(served)))
     for model in labels:
         if model != "*" and model not in {e.name for e in entries}:
             raise UsageError(f"--label {model}:...: no model named {model} in {repo}")
@@ -140,14 +147,8 @@ def model_server_config(entries: list[ModelEntry]) -> Any:
         model.name = entry.name
         model.base_path = entry.base_path
         model.model_platform = "tensorflow"
-        if entry.only_versions is not None:
-            model.model_version_policy.specific.versions.extend(entry.only_versions)
-        elif entry.policy.kind == "all":
-            model.model_version_policy.all.SetInParent()
-        elif entry.policy.kind == "specific":
-            model.model_version_policy.specific.versions.extend(entry.policy.versions)
-        else:
-            model.model_version_policy.latest.num_versions = entry.policy.num_versions
+        # Always pinned: TF Serving's latest/all policies would load any version directory that appears.
+        model.model_version_policy.specific.versions.extend(entry.versions)
         for label, version in sorted(entry.labels.items()):
             model.version_labels[label] = version
     return config

@@ -55,8 +55,7 @@ def write_configs(options: ServeOptions) -> GeneratedConfig:
     ssl = None
     if ssl_proto is not None:
         ssl = cfg.write_text_proto(repo / cfg.SSL_CONFIG, ssl_proto, mode=0o600)
-    on_disk = cfg.scan(repo)
-    served = {e.name: list(e.only_versions or e.policy.select(on_disk[e.name])) for e in container_entries}
+    served = {e.name: list(e.versions) for e in container_entries}
     return GeneratedConfig(models_config, local_config, batching, monitoring, ssl, served, sorted(exclude))
 
 

@@ -36,7 +36,9 @@ def test_generated_configs_parse_with_the_real_schemas(signed_repo, keys, tmp_pa
     config = text_format.Parse((repo / "models.config").read_text(), model_server_config_pb2.ModelServerConfig())
     (model,) = config.model_config_list.config
     assert (model.name, model.base_path, model.model_platform) == ("digits", "/models/digits", "tensorflow")
-    assert model.model_version_policy.WhichOneof("policy_choice") == "all"
+    # --versions all: every verified version, pinned (TF Serving never loads an unverified one copied in later).
+    assert model.model_version_policy.WhichOneof("policy_choice") == "specific"
+    assert list(model.model_version_policy.specific.versions) == [1, 2]
     assert dict(model.version_labels) == {"stable": 1, "canary": 2}
     local = text_format.Parse((repo / ".tfship-run" / "local-models.config").read_text(), model_server_config_pb2.ModelServerConfig())
     assert local.model_config_list.config[0].base_path == str((repo / "digits").resolve())
@@ -49,25 +51,35 @@ def test_generated_configs_parse_with_the_real_schemas(signed_repo, keys, tmp_pa
     assert (repo / "ssl.config").stat().st_mode & 0o077 == 0
 
 
-@pytest.mark.parametrize("policy, expected", [("latest:1", ("latest", [2])), ("specific:1", ("specific", [1]))])
-def test_version_policies(policy, expected, signed_repo, tmp_path):
+@pytest.mark.parametrize("policy, expected", [("latest:1", [2]), ("latest:2", [1, 2]), ("all", [1, 2]), ("specific:1", [1])])
+def test_version_policies_pin_the_verified_versions(policy, expected, signed_repo, tmp_path):
+    """Every policy is written as ``specific``: TF Serving's ``latest``/``all`` would load any version directory
+    that appears later, unverified (model_servers/server_core.cc polls the base path for new versions)."""
     from tfship.serving.config import read_model_server_config
 
     repo = copy_repo(signed_repo["repo"], tmp_path / "models")
     assert run_cli("serve", "config", "--repo", repo, "--allow-unsigned", "--versions", policy).exit_code == 0
     model = read_model_server_config(repo / "models.config").model_config_list.config[0]
-    kind = model.model_version_policy.WhichOneof("policy_choice")
-    assert kind == expected[0]
-    if kind == "latest":
-        assert model.model_version_policy.latest.num_versions == 1
-    else:
-        assert list(model.model_version_policy.specific.versions) == expected[1]
+    assert model.model_version_policy.WhichOneof("policy_choice") == "specific"
+    assert list(model.model_version_policy.specific.versions) == expected
+
+
+def test_skip_invalid_pins_only_the_verified_versions(signed_repo, keys, tmp_path):
+    repo = copy_repo(signed_repo["repo"], tmp_path / "models")
+    (repo / "digits" / "2" / "saved_model.pb").write_bytes(b"tampered")
+    result = run_cli("serve", "config", "--repo", repo, "--public-key", keys["public"], "--versions", "all", "--skip-invalid")
+    assert result.exit_code == 0, result.stderr
+    from tfship.serving.config import read_model_server_config
+
+    model = read_model_server_config(repo / "models.config").model_config_list.config[0]
+    assert list(model.model_version_policy.specific.versions) == [1]
 
 
 @pytest.mark.parametrize("args, message", [
     (("--label", "bad-label=1"), "letters, digits and '_'"),
     (("--label", "stable=1"), "not served"),  # latest:1 serves only version 2
     (("--versions", "newest"), "latest:N, all, or specific"),
+    (("--versions", "specific:7"), "digits has no version 7"),
     (("--batching", "--allowed-batch-sizes", "4,8"), "end with max_batch_size"),
 ])
 def test_bad_serving_options_are_usage_errors(args, message, signed_repo, tmp_path):
