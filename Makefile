@@ -26,7 +26,7 @@ SAMPLES := $(if $(filter $(DEFAULT_MODEL),$(MODEL)),--samples examples/build/dig
 .DEFAULT_GOAL := help
 PACKAGE_DIRS := tfship exporter serving client
 
-.PHONY: help install lint test demo example keys export serve stop status validate bench clean
+.PHONY: help install lint test demo example keys export serve reload stop status validate bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ export: $(STAMP) keys $(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT_MODEL))
 
 serve: $(STAMP) ## Verify and serve REPO (ENGINE=auto: Docker when an engine answers, else the local engine)
 	$(TFSHIP) serve up --repo $(REPO) --engine $(ENGINE) --host $(HOST) --grpc-port $(GRPC_PORT) --rest-port $(REST_PORT) --public-key $(KEYS)/signing_key.pub --detach $(SERVE_ARGS)
+
+reload: $(STAMP) ## Verify REPO again and have the running engine serve what passes (refuses unverified versions)
+	$(TFSHIP) serve reload --repo $(REPO) --public-key $(KEYS)/signing_key.pub
 
 stop: $(STAMP) ## Stop the engine serving REPO
 	$(TFSHIP) serve down --repo $(REPO)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,14 @@ class VersionPolicy:
         except ValueError:
             pass
         raise UsageError(f"--versions {text!r}: expected latest:N, all, or specific:1,2")
+
+    def text(self) -> str:
+        """The --versions spelling of this policy (parse(text()) gives it back)."""
+        if self.kind == "all":
+            return "all"
+        if self.kind == "specific":
+            return "specific:" + ",".join(map(str, self.versions))
+        return f"latest:{self.num_versions}"
 
     def select(self, available: list[int]) -> list[int]:
         """The versions this policy serves out of ``available`` (the verified ones), ascending."""
@@ -240,14 +249,39 @@ def read_ssl_config(path: Path) -> Any:
         raise UsageError(f"{path}: not a readable SSLConfig text proto: {exc}") from None
 
 
-def write_text_proto(path: Path, message: Message, mode: int = 0o644) -> Path:
-    """Write a text proto atomically, created with ``mode`` (0o600 for files holding keys)."""
+def write_text_file(path: Path, text: str, mode: int = 0o644) -> Path:
+    """Replace ``path`` atomically: a temporary file in the same folder, fsynced, then ``os.replace``.
+
+    TF Serving polls its config files: it reads either the old file or the new one, never half of one,
+    and a crash leaves one of the two on disk.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w", encoding="utf-8") as handle:
-        handle.write(text_format.MessageToString(message))
-    os.chmod(tmp, mode)  # the umask may have narrowed it; TF Serving in a container must still read it
-    tmp.replace(path)  # TF Serving polls the config file: never let it read half of one
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)  # mkstemp makes 0o600; TF Serving in a container, as another user, must still read it
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return path
+    try:
+        os.fsync(dir_fd)
+    except OSError:  # some file systems cannot fsync a folder; the file itself is already on disk
+        pass
+    finally:
+        os.close(dir_fd)
     return path
+
+
+def write_text_proto(path: Path, message: Message, mode: int = 0o644) -> Path:
+    """Write a text proto atomically, created with ``mode`` (0o600 for files holding keys)."""
+    return write_text_file(path, text_format.MessageToString(message), mode)

@@ -151,6 +151,37 @@ def serve_down(repo: Path, timeout: float) -> dict[str, Any]:
     return down(repo, timeout)
 
 
+def _render_reload(console: Console, data: dict[str, Any]) -> None:
+    console.print(f"models.config: {data['models_config']} (pinned, --versions {data['versions']})")
+    for name, versions in data["models"].items():
+        console.print(f"{name}: versions {', '.join(map(str, versions))}")
+    for name, version in data.get("skipped", []):
+        console.print(f"skipped (failed verification): {name}/{version}")
+    if data.get("reloaded"):
+        console.print(f"the {data['engine']} engine reloaded its config; every pinned version is AVAILABLE")
+    if data.get("note"):
+        console.print(data["note"])
+
+
+@serve_group.command("reload")
+@click.option("--repo", type=click.Path(path_type=Path), default=Path("models"), show_default=True, help="Model repository.")
+@click.option("--public-key", type=click.Path(path_type=Path), envvar="TFSHIP_PUBLIC_KEY", help="Verify every version with this key [env TFSHIP_PUBLIC_KEY].")
+@click.option("--allow-unsigned", is_flag=True, help="Serve without verifying signatures (development only).")
+@click.option("--skip-invalid", is_flag=True, help="Leave versions that fail verification out instead of refusing.")
+@click.option("--versions", "versions", default=None, help="Version policy: latest:N, all, or specific:1,2 [default: what serve up used].")
+@click.option("--label", "labels", multiple=True, help="Version label LABEL=VERSION or MODEL:LABEL=VERSION [default: what serve up used].")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for the engine to serve the new versions.")
+@command("serve reload", _render_reload)
+def serve_reload(repo: Path, public_key: Path | None, allow_unsigned: bool, skip_invalid: bool, versions: str | None,
+                 labels: tuple[str, ...], timeout: float) -> dict[str, Any]:
+    """Verify what is on disk now, pin it in models.config (atomically) and have the running engine serve it."""
+    from tfship.serving.config import parse_labels
+    from tfship.serving.reload import reload
+
+    return reload(repo, public_key=public_key, allow_unsigned=allow_unsigned, skip_invalid=skip_invalid,
+                  versions=versions, labels=parse_labels(labels), timeout=timeout)
+
+
 def _render_status(console: Console, data: dict[str, Any]) -> None:
     if not data.get("running"):
         console.print(data.get("reason") or f"the {data.get('engine')} engine is not running")
