@@ -16,16 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from tfship.core.errors import ServerUnavailable, ServingError, first_line
-from tfship.serving.config import BATCHING_CONFIG, CONTAINER_ROOT, MODELS_CONFIG, MONITORING_CONFIG, SSL_CONFIG
+from tfship.serving.config import BATCHING_CONFIG, CONTAINER_ROOT, MODELS_CONFIG, MONITORING_CONFIG, SSL_CONFIG, write_text_file
 from tfship.serving.config_writer import GeneratedConfig
 from tfship.serving.options import ServeOptions, address
 from tfship.serving.readiness import wait_ready
-from tfship.serving.state import EngineState, remove_state, write_state
+from tfship.serving.state import EngineState, remove_state, run_dir, write_state
 
 log = logging.getLogger(__name__)
 
 IMAGE = "tensorflow/serving"
 CONFIG_POLL_SECONDS = 60
+CONTAINER_KEY_FILE = "container-public-key.pem"
+CONTAINER_KEY_PATH = "/etc/tfship/public_key.pem"
+MAX_PUBLIC_KEY_BYTES = 1 << 16
 
 
 def default_image_tag(repo: Path | None = None, gpu: bool = False) -> str:
@@ -95,18 +98,44 @@ class ContainerSpec:
         return kwargs
 
 
+def container_key_copy(repo: Path, public_key: Path) -> Path:
+    """A world-readable copy of the public key beside the state file, for the container's server user.
+
+    A public key is no secret, but the user's own file may be 0600 and owned by another uid than the
+    image's non-root user; the copy (0644) is what gets mounted.
+    """
+    try:
+        data = Path(public_key).read_bytes()
+    except OSError as exc:
+        raise ServingError(f"{public_key}: cannot read the public key to mount it into the container: {exc}") from exc
+    if len(data) > MAX_PUBLIC_KEY_BYTES:
+        raise ServingError(f"{public_key}: larger than {MAX_PUBLIC_KEY_BYTES} bytes; not a PEM public key")
+    return write_text_file(run_dir(repo) / CONTAINER_KEY_FILE, data.decode("ascii", "replace"), mode=0o644)
+
+
 def container_spec(repo: Path, *, grpc_port: int = 8500, rest_port: int = 8501, batching: bool = False,
                    ssl: bool = False, gpu: bool = False, image: str | None = None, host: str = "127.0.0.1",
-                   intra_op_threads: int = 0, inter_op_threads: int = 0) -> ContainerSpec:
+                   intra_op_threads: int = 0, inter_op_threads: int = 0, model_name: str | None = None,
+                   public_key: Path | None = None) -> ContainerSpec:
+    """What to run. ``model_name``: a served model, for the image's MODEL_NAME (tfship-model-server's
+    HEALTHCHECK asks for /v1/models/$MODEL_NAME; with --model_config_file TF Serving ignores the entrypoint's
+    --model_name). ``public_key``: mounted read-only and named by TFSHIP_PUBLIC_KEY, so tfship's image
+    verifies every version again when it loads it (the official image ignores both)."""
     repo = Path(repo).resolve()
+    volumes = {str(repo): {"bind": CONTAINER_ROOT, "mode": "ro"}}
+    environment = {"MODEL_BASE_PATH": CONTAINER_ROOT}
+    if model_name:
+        environment["MODEL_NAME"] = model_name
+    if public_key is not None:
+        volumes[str(Path(public_key).resolve())] = {"bind": CONTAINER_KEY_PATH, "mode": "ro"}
+        environment["TFSHIP_PUBLIC_KEY"] = CONTAINER_KEY_PATH
     return ContainerSpec(
         image=image or default_image_tag(repo, gpu),
         name=container_name(repo),
         command=server_flags(batching=batching, ssl=ssl, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads),
         ports={"8500/tcp": (host, grpc_port), "8501/tcp": (host, rest_port)},
-        volumes={str(repo): {"bind": CONTAINER_ROOT, "mode": "ro"}},
-        # The entrypoint also serves MODEL_NAME from MODEL_BASE_PATH; the config file takes precedence.
-        environment={"MODEL_BASE_PATH": CONTAINER_ROOT},
+        volumes=volumes,
+        environment=environment,
         labels={"tfship.repository": str(repo)},
         gpu=gpu,
     )
@@ -220,7 +249,10 @@ def serve_in_container(options: ServeOptions, generated: GeneratedConfig) -> dic
     spec = container_spec(options.repo, grpc_port=options.grpc_port, rest_port=options.rest_port,
                           batching=generated.batching_config is not None, ssl=generated.ssl_config is not None,
                           gpu=options.gpu, image=options.image, host=options.host,
-                          intra_op_threads=options.intra_op_threads, inter_op_threads=options.inter_op_threads)
+                          intra_op_threads=options.intra_op_threads, inter_op_threads=options.inter_op_threads,
+                          model_name=min(generated.models),
+                          public_key=(container_key_copy(options.repo, options.public_key)
+                                      if options.public_key is not None and not options.allow_unsigned else None))
     launcher.start(spec)
     try:
         write_state(options.repo, EngineState(engine="docker", container=spec.name, image=spec.image, host=options.host,

@@ -268,3 +268,56 @@ def test_a_container_that_exits_is_removed_with_its_restart_policy(signed_repo, 
     assert "exited before the models were available" in result.stderr and "container log" in result.stderr
     assert _left_behind(repo) == []
     assert not (repo / ".tfship-run" / "engine.json").exists()
+
+
+def test_container_spec_names_a_served_model_and_mounts_the_public_key_read_only(signed_repo, keys, tmp_path):
+    from tfship.serving.docker_engine import CONTAINER_KEY_PATH, container_key_copy, container_spec
+
+    repo = copy_repo(signed_repo["repo"], tmp_path / "models")
+    key = container_key_copy(repo, keys["public"])
+    assert key.read_bytes() == keys["public"].read_bytes() and key.stat().st_mode & 0o777 == 0o644
+    spec = container_spec(repo, image="tfship-model-server", model_name="digits", public_key=key).run_kwargs()
+    # tfship's image: its HEALTHCHECK asks for /v1/models/$MODEL_NAME; it verifies each version with the key.
+    assert spec["environment"] == {"MODEL_BASE_PATH": "/models", "MODEL_NAME": "digits", "TFSHIP_PUBLIC_KEY": CONTAINER_KEY_PATH}
+    assert spec["volumes"][str(key.resolve())] == {"bind": CONTAINER_KEY_PATH, "mode": "ro"}
+    unsigned = container_spec(repo, model_name="digits").run_kwargs()
+    assert "TFSHIP_PUBLIC_KEY" not in unsigned["environment"] and list(unsigned["volumes"]) == [str(repo.resolve())]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_serve_up_with_tfships_server_image_validate_status_down(signed_repo, keys, tmp_path):
+    from test_containers import SERVER_IMAGE, _builder
+
+    import docker
+    from tfship.serving.docker_engine import container_name
+
+    built = _builder("all", log=tmp_path / "build.log")  # cached: only what changed is rebuilt
+    if built.returncode == 75:
+        pytest.skip(f"cannot build the test images: {built.stderr.strip().splitlines()[-1]}")
+    assert built.returncode == 0, built.stderr[-4000:]
+    repo = copy_repo(signed_repo["repo"], tmp_path / "models")
+    grpc_port, rest_port = free_port(), free_port()
+    client = docker.from_env()
+    up = run_cli("serve", "up", "--repo", repo, "--engine", "docker", "--image", SERVER_IMAGE, "--public-key", keys["public"],
+                 "--grpc-port", grpc_port, "--rest-port", rest_port, "--timeout", "240", "--json")
+    try:
+        assert up.exit_code == 0, up.stderr
+        container = client.containers.get(container_name(repo))
+        env = dict(item.split("=", 1) for item in container.attrs["Config"]["Env"])
+        assert env["MODEL_NAME"] == "digits" and env["TFSHIP_PUBLIC_KEY"] == "/etc/tfship/public_key.pem"
+        # The image's server verified with the mounted key (it says so when it does not).
+        assert b"NOT verified" not in container.logs()
+        golden = repo / "digits" / "2" / "golden.npz"
+        valid = run_cli("validate", "--target", f"127.0.0.1:{grpc_port}", "--model", "digits", "--golden", golden)
+        assert valid.exit_code == 0, valid.stderr
+        status = run_cli("serve", "status", "--repo", repo, "--json")
+        assert status.exit_code == 0, status.stderr
+        data = json.loads(status.stdout)["data"]
+        assert data["engine"] == "docker" and data["running"]
+        assert [(s["version"], s["state"]) for s in data["models"]["digits"]] == [(2, "AVAILABLE")]
+    finally:
+        down = run_cli("serve", "down", "--repo", repo)
+    assert down.exit_code == 0 and "stopped the docker engine" in down.stdout, down.stdout + down.stderr
+    assert client.containers.list(all=True, filters={"name": container_name(repo)}) == []
+    assert not (repo / ".tfship-run" / "engine.json").exists()
