@@ -123,13 +123,12 @@ def test_kill_9_during_export_leaves_no_version(digits_model, tmp_path):
                                 "--repo", str(repo)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        staging = []
-        while time.monotonic() < deadline and not staging:
-            if (repo / "k").exists():
-                staging = [p for p in (repo / "k").iterdir() if p.name.startswith(".tfship-tmp-")]
-            time.sleep(0.05)
-        assert staging, "the export never started writing"
-        time.sleep(0.5)  # in the middle of writing artifacts
+        written = []
+        while time.monotonic() < deadline and not written and process.poll() is None:
+            if (repo / "k").exists():  # wait until the export is in the middle of writing artifacts
+                written = [p for p in (repo / "k").glob(".tfship-tmp-*/saved_model.pb")]
+            time.sleep(0.05)  # polling interval of a bounded wait on a file appearing
+        assert written, "the export never started writing artifacts"
         os.kill(process.pid, signal.SIGKILL)
         process.wait(30)
     finally:
