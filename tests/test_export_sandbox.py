@@ -231,16 +231,16 @@ def test_the_worker_reads_neither_the_folder_of_the_model_nor_the_checkout_root(
 
     project = tmp_path / "project"
     (project / "keys").mkdir(parents=True)
-    (project / "arch_mod.py").write_text("def build(): ...\n")
-    monkeypatch.syspath_prepend(str(project))  # where the user's arch_mod is imported from
+    (project / "arch_mod_readrules.py").write_text("def build(): ...\n")
+    monkeypatch.syspath_prepend(str(project))  # where the user's arch_mod_readrules is imported from
     monkeypatch.chdir(project)
-    readable, listable = read_rules({"source": str(project / "m.weights.h5"), "architecture": "arch_mod:build",
+    readable, listable = read_rules({"source": str(project / "m.weights.h5"), "architecture": "arch_mod_readrules:build",
                                      "samples": str(project / "s.npz")}, sign_key=project / "keys" / "signing_key.pem")
     project = project.resolve()
     # No rule opens the project (or a folder above it) whole: only the files named on the command line.
     assert [r for r in readable if project.is_relative_to(r)] == []
-    assert {str(project / name) for name in ("m.weights.h5", "s.npz", "arch_mod.py")} <= set(readable)
-    assert str(project) in listable  # the import system lists it to find arch_mod.py
+    assert {str(project / name) for name in ("m.weights.h5", "s.npz", "arch_mod_readrules.py")} <= set(readable)
+    assert str(project) in listable  # the import system lists it to find arch_mod_readrules.py
     checkout = Path(tfship.__file__).resolve().parents[1]
     assert str(checkout / "exporter") in readable and str(checkout / "tfship") in readable
     assert [r for r in readable if checkout.is_relative_to(r)] == []
