@@ -6,6 +6,9 @@ next ``allowed_batch_sizes`` entry; the results are split back, each caller gett
 A queue lives only while it holds tasks: its runner holds the model version's function, so a queue
 kept after the last task would keep an unloaded version in memory (one per hot reload).
 
+With ``metrics`` the batcher records TF Serving's batching_session metrics (input_batch_size,
+queuing_latency, processed_batch_size, padding_size) and tfship_batch_queue_depth per model.
+
 The batcher lives on the engine's asyncio loop (the gRPC server's): queueing, merging and splitting
 are plain callbacks on that loop, with no thread hand-off per request; only the model call runs on one
 of ``num_batch_threads`` threads (TensorFlow releases the GIL while it computes). A batch that is due
@@ -15,15 +18,20 @@ while every batch thread is busy keeps taking tasks until a thread frees up, so 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 
 from tfship.serving.config import BatchingOptions
 from tfship.serving.local_engine.errors import EngineError, invalid
+
+if TYPE_CHECKING:
+    from tfship.serving.local_engine.metrics import Metrics
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -33,6 +41,7 @@ class _Task:
     arrays: dict[str, np.ndarray]
     size: int
     future: asyncio.Future
+    enqueued: float = 0.0  # time.perf_counter() when the task entered its queue
 
 
 @dataclass
@@ -47,8 +56,14 @@ class _Queue:
 
 
 class Batcher:
-    def __init__(self, options: BatchingOptions, on_batch: Callable[[str, int, int], None] | None = None) -> None:
+    def __init__(self, options: BatchingOptions, on_batch: Callable[[str, int, int], None] | None = None,
+                 metrics: Metrics | None = None) -> None:
+        """``on_batch(model_name, padded_size, tasks)`` is called after each successful batch; ``metrics``
+        records the batching metrics (give one or the other for processed_batch_size, not both bound to
+        ``metrics.batch``, or batches count twice)."""
         self.options = options.check()
+        self._metrics = metrics
+        self._waiting: dict[str, int] = {}  # tasks queued per model name, for tfship_batch_queue_depth
         self._queues: dict[tuple, _Queue] = {}
         self._pool = ThreadPoolExecutor(max_workers=options.num_batch_threads, thread_name_prefix="tfship-batch")
         self._free_threads = options.num_batch_threads
@@ -65,6 +80,11 @@ class Batcher:
         return len(self._queues)
 
     async def submit(self, key: tuple, model_name: str, arrays: dict[str, np.ndarray], size: int, run: Runner) -> dict[str, np.ndarray]:
+        if self._metrics is not None:
+            # batching_session.cc ComputeInputSize records each input tensor's 0th dimension before
+            # the scheduler checks the task's size.
+            for value in arrays.values():
+                self._metrics.input_batch(value.shape[0] if value.ndim else 0)
         if size > self.options.max_batch_size:
             raise invalid(f"Task size {size} is larger than maximum input batch size {self.options.max_batch_size}")
         if self._enqueued >= self.options.max_enqueued_batches * self.options.max_batch_size:
@@ -75,15 +95,29 @@ class Batcher:
         queue = self._queues.get(queue_key)
         if queue is None:
             queue = self._queues[queue_key] = _Queue(run, model_name, queue_key)
-        task = _Task(arrays, size, loop.create_future())
+        task = _Task(arrays, size, loop.create_future(), time.perf_counter())
         queue.tasks.append(task)
         queue.pending_rows += size
         self._enqueued += 1
+        self._count_waiting(model_name, 1)
         if queue.pending_rows >= self.options.max_batch_size:
             self._dispatch(queue)
         elif queue.timer is None and not queue.due:
             queue.timer = loop.call_later(self.options.batch_timeout_micros / 1e6, self._timeout, queue)
         return await task.future
+
+    def _count_waiting(self, model_name: str, change: int) -> None:
+        waiting = self._waiting.get(model_name, 0) + change
+        if waiting:
+            self._waiting[model_name] = waiting
+        else:
+            self._waiting.pop(model_name, None)
+        if self._metrics is not None:
+            self._metrics.queue_depth(model_name, waiting)
+
+    def queue_depth(self, model_name: str) -> int:
+        """Tasks for ``model_name`` waiting in the batch queues now."""
+        return self._waiting.get(model_name, 0)
 
     def _timeout(self, queue: _Queue) -> None:
         queue.timer = None
@@ -102,6 +136,12 @@ class Batcher:
             queue.pending_rows -= rows
             self._enqueued -= len(batch)
             self._free_threads -= 1
+            self._count_waiting(queue.model_name, -len(batch))
+            if self._metrics is not None:
+                # batching_session.cc ProcessBatch: queuing_latency per task, enqueue to the batch starting.
+                now = time.perf_counter()
+                for task in batch:
+                    self._metrics.queuing((now - task.enqueued) * 1e6)
             running = loop.create_task(self._execute(queue, batch, rows))
             self._running.add(running)  # the loop keeps only a weak reference to a task
             running.add_done_callback(self._running.discard)
@@ -118,6 +158,9 @@ class Batcher:
         target = next((s for s in self.options.allowed_batch_sizes if s >= rows), rows)
         merged = {name: np.concatenate([t.arrays[name] for t in batch]) if len(batch) > 1 else batch[0].arrays[name]
                   for name in batch[0].arrays}
+        if self._metrics is not None:
+            # batching_session.cc MergeInputTensors: padding_size and processed_batch_size, before the run.
+            self._metrics.batch(queue.model_name, target, len(batch), rows=rows)
         if target > rows:
             merged = {name: np.concatenate([value, np.repeat(value[-1:], target - rows, axis=0)]) for name, value in merged.items()}
         try:

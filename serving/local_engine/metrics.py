@@ -1,94 +1,311 @@
 """Prometheus metrics with TF Serving's names, served at /monitoring/prometheus/metrics.
 
-Written out by hand because TF Serving's names do not follow the client libraries' conventions
-(prometheus_client would append ``_total`` to ``:tensorflow:serving:request_count``), and dashboards
-built for TF Serving query the exact names.
+Each engine has its own ``prometheus_client.CollectorRegistry`` (several engines run in one process).
+The metrics TF Serving defines keep TF Serving's names, label names, types and bucket bounds: dashboards
+and alerts built for TF Serving query them unchanged. tensorflow_serving/util/prometheus_exporter.cc
+writes a metric "/tensorflow/serving/request_count" as ":tensorflow:serving:request_count", a counter
+without a ``_total`` suffix, labels in the order the metric declares them, and a histogram's buckets as
+the TensorFlow sampler holds them. prometheus_client's own Counter and Histogram cannot do that (a
+``_total`` suffix, ``le`` bounds compared with <=), so those metrics are held here and handed to the
+registry by a collector. tfship's own metrics (prefix ``tfship_``) are plain prometheus_client Gauges.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
-from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 # Requests for a model the engine does not serve are counted under this one name: anyone can send any
 # name, and a label per name would let them grow the page without limit.
 UNKNOWN_MODEL = "<unknown>"
 
-# Microseconds, as TF Serving reports request latency.
-LATENCY_BUCKETS = (10, 18, 32, 58, 105, 190, 342, 616, 1110, 2000, 3600, 6480, 11700, 21000, 37800, 68000,
-                   122000, 220000, 396000, 713000, 1280000, 2310000, 4160000, 7490000, 13500000, 24300000)
+# The APIs TF Serving counts. tensorflow_serving/model_servers/prediction_service_impl.cc calls
+# RecordModelRequestCount and RecordRequestLatency in Predict, Classify and Regress only (not in
+# GetModelMetadata nor MultiInference); the REST handler's method is "predict", "classify" or "regress".
+COUNTED_APIS = frozenset({"predict", "classify", "regress"})
 
 
-def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
-    return ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+def exponential_bounds(scale: float, growth: float, count: int) -> tuple[float, ...]:
+    """tensorflow/core/lib/monitoring/sampler.cc ExponentialBuckets::ComputeBucketLimits: ``count`` limits
+    from ``scale``, each the previous one times ``growth`` (multiplied in turn, as there); ExplicitBuckets
+    then appends DBL_MAX, which the exporter writes as le="+Inf"."""
+    bounds, bound = [], scale
+    for _ in range(count):
+        bounds.append(bound)
+        bound *= growth
+    return tuple(bounds)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+# tensorflow_serving/servables/tensorflow/util.cc (request_latency, runtime_latency),
+# saved_model_warmup_util.cc (model_warmup_latency): Buckets::Exponential(10, 1.8, 33), microseconds.
+LATENCY_BOUNDS = exponential_bounds(10, 1.8, 33)
+# tensorflow_serving/batching/batching_session.cc (queuing_latency): Buckets::Exponential(100, 1.2, 52).
+QUEUING_BOUNDS = exponential_bounds(100, 1.2, 52)
+# tensorflow_serving/batching/batching_util.h (padding_size, input_batch_size, processed_batch_size):
+# Buckets::Exponential(1, 2, 14).
+BATCH_SIZE_BOUNDS = exponential_bounds(1, 2, 14)
+# tensorflow_serving/servables/tensorflow/util.cc (request_example_counts): Buckets::Exponential(1, 2, 15).
+EXAMPLE_COUNT_BOUNDS = exponential_bounds(1, 2, 15)
+
+
+def bound_text(bound: float) -> str:
+    """prometheus_exporter.cc writes a bucket limit with absl::StrCat(double): six significant digits."""
+    return f"{bound:.6g}"
+
+
+class _Label(str):
+    """A label name that sorts by its place in the metric's declaration.
+
+    generate_latest writes a sample's labels sorted; TF Serving writes them in declaration order
+    (``{model_name="m",API="predict",entrypoint="GRPC",le="10"}``) and scrapers or tests matching
+    TF Serving's text expect that order. Equal to and hashed as the plain name.
+    """
+
+    rank: int
+
+    def __new__(cls, name: str, rank: int) -> _Label:
+        label = super().__new__(cls, name)
+        label.rank = rank
+        return label
+
+    def __lt__(self, other: object) -> bool:
+        if isinstance(other, _Label):
+            return self.rank < other.rank
+        return str.__lt__(self, other)  # type: ignore[operator]
+
+
+@dataclass
+class _Family:
+    """One TF Serving metric: its Prometheus name, help, kind, label names and, for a histogram, bounds."""
+    name: str
+    help: str
+    kind: str  # "counter" or "histogram"
+    labels: tuple[str, ...]
+    bounds: tuple[float, ...] = ()
+    values: dict[tuple[str, ...], float] = field(default_factory=dict)
+    buckets: dict[tuple[str, ...], list[int]] = field(default_factory=dict)
+    sums: dict[tuple[str, ...], float] = field(default_factory=dict)
+
+    def add(self, key: tuple[str, ...], amount: float) -> None:
+        self.values[key] = self.values.get(key, 0) + amount
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        counts = self.buckets.setdefault(key, [0] * (len(self.bounds) + 1))
+        # TensorFlow's histogram counts a value in the first bucket whose limit is above it (upper_bound;
+        # sampler.cc: bucket 0 holds [-DBL_MAX, bucket_limits[0])): 10 goes to le="18", not le="10".
+        counts[bisect.bisect_right(self.bounds, value)] += 1
+        self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def metric(self) -> Metric:
+        metric = Metric(self.name, self.help, self.kind)
+        names = [_Label(n, i) for i, n in enumerate(self.labels)]
+        le = _Label("le", len(self.labels))
+        if self.kind == "counter":
+            for key, value in sorted(self.values.items()):
+                metric.add_sample(self.name, dict(zip(names, key)), value)
+            return metric
+        texts = [bound_text(b) for b in self.bounds] + ["+Inf"]
+        for key, counts in sorted(self.buckets.items()):
+            labels: dict[str, str] = dict(zip(names, key))
+            cumulative = 0
+            for text, count in zip(texts, counts):
+                cumulative += count
+                metric.add_sample(f"{self.name}_bucket", {**labels, le: text}, cumulative)
+            metric.add_sample(f"{self.name}_sum", labels, self.sums[key])
+            metric.add_sample(f"{self.name}_count", labels, cumulative)
+        return metric
+
+
+def _prometheus_name(tf_name: str) -> str:
+    """prometheus_exporter.cc GetPrometheusMetricName: every character outside [a-zA-Z0-9_] becomes ':'."""
+    return "".join(c if c.isascii() and (c.isalnum() or c == "_") else ":" for c in tf_name)
+
+
+class _TfServingCollector(Collector):
+    def __init__(self, owner: Metrics) -> None:
+        self._owner = owner
+
+    def collect(self) -> Iterable[Metric]:
+        with self._owner._lock:
+            return [family.metric() for family in self._owner._families.values()]
 
 
 class Metrics:
+    """The engine's metrics: TF Serving's (as TF Serving exports them) and tfship's own (``tfship_``)."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._requests: dict[tuple, int] = defaultdict(int)
-        self._latency: dict[tuple, list[int]] = {}
-        self._latency_sum: dict[tuple, float] = defaultdict(float)
-        self._latency_count: dict[tuple, int] = defaultdict(int)
-        self._loads: dict[tuple, int] = defaultdict(int)
-        self._load_seconds: dict[tuple, float] = {}
-        self._warmup_seconds: dict[tuple, float] = {}
-        self._batches: dict[tuple, int] = defaultdict(int)
-        self._batched_requests: dict[tuple, int] = defaultdict(int)
         # Names get labels of their own once the engine loads (or fails to load) a version of them,
         # which it does only for the models it is configured with.
         self._models: set[str] = set()
+        families = [
+            # tensorflow_serving/servables/tensorflow/util.cc
+            _Family("/tensorflow/serving/request_count", "The total number of requests.", "counter",
+                    ("model_name", "status")),
+            _Family("/tensorflow/serving/request_latency",
+                    "Distribution of wall time (in microseconds) for Tensorflow Serving request.", "histogram",
+                    ("model_name", "API", "entrypoint"), LATENCY_BOUNDS),
+            _Family("/tensorflow/serving/runtime_latency",
+                    "Distribution of wall time (in microseconds) for Tensorflow runtime.", "histogram",
+                    ("model_name", "API", "runtime"), LATENCY_BOUNDS),
+            _Family("/tensorflow/serving/request_example_counts", "The number of tensorflow.Examples per request.",
+                    "histogram", ("model",), EXAMPLE_COUNT_BOUNDS),
+            _Family("/tensorflow/serving/request_example_count_total", "The total number of tensorflow.Examples.",
+                    "counter", ("model",)),
+            # tensorflow_serving/servables/tensorflow/saved_model_warmup_util.cc
+            _Family("/tensorflow/serving/model_warmup_latency",
+                    "Distribution of wall time (in microseconds) for warming up the model.", "histogram",
+                    ("model_path", "status"), LATENCY_BOUNDS),
+            # tensorflow/cc/saved_model/loader.cc (TensorFlow's own; TF Serving loads through it)
+            _Family("/tensorflow/cc/saved_model/load_attempt_count",
+                    "The number of times a SavedModel was successfully loaded.", "counter", ("model_path", "status")),
+            _Family("/tensorflow/cc/saved_model/load_latency",
+                    "Latency in microseconds for SavedModels that were successfully loaded.", "counter",
+                    ("model_path",)),
+            # tensorflow_serving/batching/batching_session.cc
+            _Family("/tensorflow/serving/batching_session/queuing_latency",
+                    "Distribution of wall time spent (in microseconds) in queuing", "histogram",
+                    ("thread_pool_name",), QUEUING_BOUNDS),
+            # tensorflow_serving/batching/batching_util.h (BatchingSessionTask::Name() is "batching_session")
+            _Family("/tensorflow/serving/batching_session/padding_size",
+                    "Tracks the padding size distribution on batches.", "histogram", ("execution_batch_size",),
+                    BATCH_SIZE_BOUNDS),
+            _Family("/tensorflow/serving/batching_session/input_batch_size",
+                    "Tracks the batch size distribution on the inputs.", "histogram", (), BATCH_SIZE_BOUNDS),
+            _Family("/tensorflow/serving/batching_session/processed_batch_size",
+                    "Tracks the batch size distribution on processing.", "histogram", (), BATCH_SIZE_BOUNDS),
+        ]
+        for family in families:
+            family.name = _prometheus_name(family.name)
+        self._families = {f.name: f for f in families}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_TfServingCollector(self))
+        self._inflight = Gauge("tfship_inflight_requests", "Requests being handled now.", ["model_name"],
+                               registry=self.registry)
+        self._queue_depth = Gauge("tfship_batch_queue_depth", "Tasks waiting in the batch queues of the model.",
+                                  ["model_name"], registry=self.registry)
+
+    def _family(self, tf_name: str) -> _Family:
+        return self._families[_prometheus_name(tf_name)]
 
     def model_label(self, model: str) -> str:
+        """The model_name label for ``model``: its name once the engine loaded (or failed to load) a version
+        of it, else ``<unknown>``."""
         return model if model in self._models else UNKNOWN_MODEL
 
     def request(self, model: str, api: str, entrypoint: str, status: str, micros: float) -> None:
-        with self._lock:
-            model = self.model_label(model)
-            self._requests[(("model_name", model), ("status", status))] += 1
-            key = (("model_name", model), ("API", api), ("entrypoint", entrypoint))
-            buckets = self._latency.setdefault(key, [0] * (len(LATENCY_BUCKETS) + 1))
-            buckets[bisect.bisect_left(LATENCY_BUCKETS, micros)] += 1
-            self._latency_sum[key] += micros
-            self._latency_count[key] += 1
+        """One request handled: ``api`` as TF Serving labels it ("Predict" over gRPC, "predict" over REST),
+        ``entrypoint`` "GRPC" or "REST", ``status`` a gRPC code name ("OK", "INVALID_ARGUMENT", ...).
 
-    def load(self, model: str, version: int, status: str, seconds: float, warmup_seconds: float) -> None:
+        prediction_service_impl.cc: request_count{model_name,status} for every Predict/Classify/Regress,
+        request_latency{model_name,API,entrypoint} only when the request succeeded. Other APIs
+        (GetModelMetadata, MultiInference) are not counted, as in TF Serving."""
+        if api.lower() not in COUNTED_APIS:
+            return
+        with self._lock:
+            label = self.model_label(model)
+            self._family("/tensorflow/serving/request_count").add((label, status), 1)
+            if status == "OK":
+                self._family("/tensorflow/serving/request_latency").observe((label, api, entrypoint), micros)
+
+    def runtime(self, model: str, api: str, runtime: str, micros: float) -> None:
+        """Time in the model call itself (runtime_latency{model_name,API,runtime}), recorded after a
+        successful call. TF Serving's labels: API "Predict", "Classify" or "Regress" (whatever the entry
+        point), runtime "TF1" for a SavedModel run in a Session (predict_util.cc, classifier.cc,
+        regressor.cc) and "TFRT" for TFRT (tfrt_predict_util.cc)."""
+        with self._lock:
+            self._family("/tensorflow/serving/runtime_latency").observe((self.model_label(model), api, runtime), micros)
+
+    def examples(self, model: str, count: int) -> None:
+        """tf.Examples in one Classify/Regress request (util.cc RecordRequestExampleCount): the
+        request_example_counts histogram and the request_example_count_total counter, label ``model``."""
+        with self._lock:
+            label = self.model_label(model)
+            self._family("/tensorflow/serving/request_example_counts").observe((label,), count)
+            self._family("/tensorflow/serving/request_example_count_total").add((label,), count)
+
+    def load(self, model: str, version: int, status: str, seconds: float, warmup_seconds: float,
+             path: str | None = None) -> None:
+        """A version loaded (``status`` "ok") or failed to load (anything else) in ``seconds``, warmup
+        included. Gives ``model`` its own model_name label from now on.
+
+        tensorflow/cc/saved_model/loader.cc: load_attempt_count{model_path,status="success"|"fail"} and, for
+        a success, load_latency{model_path} += microseconds spent loading (the warmup comes after TF's load,
+        so ``warmup_seconds`` is left out; the warmup itself is recorded by :meth:`warmup`). ``model_path``
+        is the version's directory; without ``path`` it is "<model>/<version>"."""
+        model_path = path if path is not None else f"{model}/{version}"
+        ok = status.lower() in ("ok", "success")
         with self._lock:
             self._models.add(model)
-            self._loads[(("model_name", model), ("status", status))] += 1
-            self._load_seconds[(("model_name", model), ("model_version", str(version)))] = seconds
-            self._warmup_seconds[(("model_name", model), ("model_version", str(version)))] = warmup_seconds
+            self._family("/tensorflow/cc/saved_model/load_attempt_count").add((model_path, "success" if ok else "fail"), 1)
+            if ok:
+                micros = max(0.0, seconds - warmup_seconds) * 1e6
+                self._family("/tensorflow/cc/saved_model/load_latency").add((model_path,), round(micros))
+        self._queue_depth.labels(model)  # the series exists (at 0) for every model the engine serves
+        self._inflight.labels(model)
 
-    def batch(self, model: str, size: int, requests: int) -> None:
+    def warmup(self, model_path: str, status: str, micros: float) -> None:
+        """saved_model_warmup_util.cc: model_warmup_latency{model_path,status} once per warmup that found an
+        assets.extra/tf_serving_warmup_requests file (none: nothing recorded). ``status`` is the absl
+        Status text: "OK", or "<CODE>: <message>" for a failure."""
         with self._lock:
-            self._batches[(("model_name", model),)] += 1
-            self._batched_requests[(("model_name", model),)] += requests
+            self._family("/tensorflow/serving/model_warmup_latency").observe((model_path, status), micros)
+
+    def batch(self, model: str, size: int, requests: int, rows: int | None = None) -> None:
+        """One batch run: ``size`` rows after padding, from ``requests`` tasks holding ``rows`` rows.
+
+        batching_session.cc MergeInputTensors: processed_batch_size records the padded size and
+        padding_size{execution_batch_size} the padding (recorded when ``rows`` is given)."""
+        with self._lock:
+            self._family("/tensorflow/serving/batching_session/processed_batch_size").observe((), size)
+            if rows is not None:
+                self._family("/tensorflow/serving/batching_session/padding_size").observe((str(size),), size - rows)
+
+    def input_batch(self, size: int) -> None:
+        """batching_session.cc ComputeInputSize: input_batch_size records the 0th dimension of each input
+        tensor of a task entering the batcher."""
+        with self._lock:
+            self._family("/tensorflow/serving/batching_session/input_batch_size").observe((), size)
+
+    def queuing(self, micros: float, thread_pool_name: str = "") -> None:
+        """batching_session.cc ProcessBatch: queuing_latency{thread_pool_name} per task, from enqueue to the
+        batch starting. The model server's sessions get thread_pool_name "" (bundle_factory_util.cc calls
+        CreateBatchingSession without one)."""
+        with self._lock:
+            self._family("/tensorflow/serving/batching_session/queuing_latency").observe((thread_pool_name,), micros)
+
+    def queue_depth(self, model: str, depth: int) -> None:
+        """tfship_batch_queue_depth{model_name}: tasks of ``model`` waiting in the batch queues now."""
+        self._queue_depth.labels(self.model_label(model)).set(depth)
+
+    @contextmanager
+    def inflight(self, model: str) -> Iterator[None]:
+        """tfship_inflight_requests{model_name} counts the request while the block runs."""
+        gauge = self._inflight.labels(self.model_label(model))
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
 
     def render(self) -> str:
-        with self._lock:
-            lines = ["# TYPE :tensorflow:serving:request_count counter"]
-            lines += [f":tensorflow:serving:request_count{{{_labels(k)}}} {v}" for k, v in sorted(self._requests.items())]
-            lines.append("# TYPE :tensorflow:serving:request_latency histogram")
-            for key, buckets in sorted(self._latency.items()):
-                cumulative = 0
-                for bound, count in zip(LATENCY_BUCKETS + ("+Inf",), buckets):
-                    cumulative += count
-                    lines.append(f':tensorflow:serving:request_latency_bucket{{{_labels(key)},le="{bound}"}} {cumulative}')
-                lines.append(f":tensorflow:serving:request_latency_sum{{{_labels(key)}}} {self._latency_sum[key]:g}")
-                lines.append(f":tensorflow:serving:request_latency_count{{{_labels(key)}}} {self._latency_count[key]}")
-            lines.append("# TYPE :tensorflow:serving:model_load_count counter")
-            lines += [f":tensorflow:serving:model_load_count{{{_labels(k)}}} {v}" for k, v in sorted(self._loads.items())]
-            lines.append("# TYPE :tensorflow:serving:model_load_seconds gauge")
-            lines += [f":tensorflow:serving:model_load_seconds{{{_labels(k)}}} {v:g}" for k, v in sorted(self._load_seconds.items())]
-            lines.append("# TYPE tfship_model_warmup_seconds gauge")
-            lines += [f"tfship_model_warmup_seconds{{{_labels(k)}}} {v:g}" for k, v in sorted(self._warmup_seconds.items())]
-            lines.append("# TYPE :tensorflow:serving:batching_session:batch_count counter")
-            lines += [f":tensorflow:serving:batching_session:batch_count{{{_labels(k)}}} {v}" for k, v in sorted(self._batches.items())]
-            lines.append("# TYPE :tensorflow:serving:batching_session:batched_request_count counter")
-            lines += [f":tensorflow:serving:batching_session:batched_request_count{{{_labels(k)}}} {v}" for k, v in sorted(self._batched_requests.items())]
+        """The page for /monitoring/prometheus/metrics (text format 0.0.4)."""
+        text = generate_latest(self.registry).decode("utf-8")
+        # generate_latest names a counter family "<name>_total" in its HELP and TYPE lines; TF Serving's
+        # counters have no such suffix, and their samples do not either.
+        renamed = {f"{f.name}_total": f.name for f in self._families.values() if f.kind == "counter"}
+        lines = []
+        for line in text.splitlines():
+            if line.startswith(("# HELP ", "# TYPE ")):
+                name, _, rest = line[7:].partition(" ")
+                line = f"{line[:7]}{renamed.get(name, name)} {rest}"
+            lines.append(line)
         return "\n".join(lines) + "\n"
