@@ -171,7 +171,13 @@ def read_model_server_config(path: Path) -> Any:
     except FileNotFoundError:
         raise ServingError(f"{path}: model config file not found") from None
     except text_format.ParseError as exc:
-        raise ServingError(f"{path}: not a valid ModelServerConfig text proto: {exc}") from None
+        # TF Serving's words (protobuf's text parser, as tensorflow_model_server logs them), then where.
+        where = f"{exc.GetLine()}:{exc.GetColumn()}: " if exc.GetLine() else ""
+        detail = str(exc).split(" : ", 1)[-1] if " : " in str(exc) else str(exc)
+        raise ServingError(f"Error parsing text-format tensorflow.serving.ModelServerConfig: {where}{detail} "
+                           f"(in {path}; fix the file: it is a text ModelServerConfig)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ServingError(f"{path}: cannot read the model config file: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from tfship.core.errors import ServerUnavailable
-from tfship.serving import config as cfg
-from tfship.serving import gate
 from tfship.serving.config_writer import GeneratedConfig
+from tfship.serving.model_server import ServerFlags, build_engine
 from tfship.serving.options import ServeOptions, address
 from tfship.serving.readiness import wait_ready
 from tfship.serving.state import EngineState, remove_state, run_dir, write_state
@@ -147,19 +146,23 @@ def _tail(path: Path, lines: int = 30, max_bytes: int = 64 << 10) -> str:
 def build_local_engine(config_file: Path, *, host: str, grpc_port: int, rest_port: int | None, public_key: Path | None,
                        batching_file: Path | None = None, ssl_config_file: Path | None = None, poll_seconds: float = 1.0,
                        intra_op_threads: int = 0, inter_op_threads: int = 0) -> LocalEngine:
-    from tfship.serving.local_engine import LocalEngine, TlsOptions
-    from tfship.serving.local_engine.models import configs_from_proto
+    """The engine ``tfship model-server`` builds, from serve up's options (health service on, no load retries)."""
+    return build_engine(local_server_flags(config_file, host=host, grpc_port=grpc_port, rest_port=rest_port,
+                                           public_key=public_key, batching_file=batching_file, ssl_config_file=ssl_config_file,
+                                           poll_seconds=poll_seconds, intra_op_threads=intra_op_threads,
+                                           inter_op_threads=inter_op_threads))
 
-    configs = configs_from_proto(cfg.read_model_server_config(config_file))
-    batching = cfg.BatchingOptions.from_file(batching_file) if batching_file else None
-    tls = None
-    if ssl_config_file:
-        ssl = cfg.read_ssl_config(ssl_config_file)
-        tls = TlsOptions(server_key=ssl.server_key.encode(), server_cert=ssl.server_cert.encode(),
-                         custom_ca=ssl.custom_ca.encode() if ssl.custom_ca else None, client_verify=ssl.client_verify)
-    return LocalEngine(configs, host=host, grpc_port=grpc_port, rest_port=rest_port, verifier=gate.verifier_for(public_key),
-                       batching=batching, poll_seconds=poll_seconds, tls=tls, intra_op_threads=intra_op_threads,
-                       inter_op_threads=inter_op_threads)
+
+def local_server_flags(config_file: Path, *, host: str, grpc_port: int, rest_port: int | None, public_key: Path | None,
+                       batching_file: Path | None = None, ssl_config_file: Path | None = None, poll_seconds: float = 1.0,
+                       intra_op_threads: int = 0, inter_op_threads: int = 0) -> ServerFlags:
+    """serve up's options as ``tfship model-server`` flags: --model_config_file, ports, key, batching, TLS."""
+    return ServerFlags(port=grpc_port, rest_api_port=rest_port or 0, model_config_file=config_file,
+                       file_system_poll_wait_seconds=poll_seconds, enable_batching=batching_file is not None,
+                       batching_parameters_file=batching_file, ssl_config_file=ssl_config_file,
+                       tensorflow_intra_op_parallelism=intra_op_threads, tensorflow_inter_op_parallelism=inter_op_threads,
+                       enable_grpc_healthcheck_service=True, max_num_load_retries=0, tfship_public_key=public_key,
+                       tfship_host=host).check()
 
 
 def engine_args(options: ServeOptions, generated: GeneratedConfig, log_file: Path) -> list[str]:

@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+# TensorFlow's standard kernels, as tfship model-server runs them (serving.model_server.use_standard_kernels):
+# the in-process engines of the tests then answer bad shapes as the server does.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import shutil
 import socket

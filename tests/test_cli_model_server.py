@@ -53,13 +53,14 @@ def test_an_unknown_flag_is_named_as_tf_serving_names_it():
 
 
 @pytest.mark.parametrize("flags, message", [
-    # server.cc: "server_options.grpc_port is not set."
-    (["--port=0", "--model_base_path=/x"], "--port is not set"),
+    # server.cc: "At least one of server_options.grpc_port or server_options.grpc_socket_path must be set."
+    (["--port=0", "--model_base_path=/x"], "At least one of server_options.grpc_port or server_options.grpc_socket_path must be set"),
     # server.cc: "server_options.batching_parameters_file is set without setting server_options.enable_batching to true."
-    (["--model_base_path=/x", "--batching_parameters_file={file}"], "is set without setting --enable_batching to true"),
-    (["--model_base_path=/x", "--enable_batching=false", "--batching_parameters_file", "{file}"], "without setting --enable_batching"),
+    (["--model_base_path=/x", "--batching_parameters_file={file}"],
+     "server_options.batching_parameters_file is set without setting server_options.enable_batching to true"),
+    (["--model_base_path=/x", "--enable_batching=false", "--batching_parameters_file", "{file}"], "without setting server_options.enable_batching"),
     # server.cc: "Both server_options.model_base_path and server_options.model_config_file are empty!"
-    (["--port=9000"], "both --model_base_path and --model_config_file are empty"),
+    (["--port=9000"], "Both server_options.model_base_path and server_options.model_config_file are empty!"),
     (["--model_config_file=/nonexistent/models.config"], "--model_config_file=/nonexistent/models.config: no such file"),
 ])
 def test_flag_combinations_tf_serving_refuses(flags, message, tmp_path):

@@ -169,7 +169,7 @@ def test_bad_output_filter_and_metadata_without_field(served):
     assert info.value.details() == "GetModelMetadataRequest must specify at least one metadata_field"
 
 
-def test_classify_on_a_predict_signature_is_unimplemented(served):
+def test_classify_on_a_predict_signature_with_no_example_input_gets_tf_serving_words(served):
     from tensorflow_serving.apis import classification_pb2
 
     request = classification_pb2.ClassificationRequest()
@@ -177,7 +177,11 @@ def test_classify_on_a_predict_signature_is_unimplemented(served):
     request.input.example_list.examples.add()
     with pytest.raises(grpc.RpcError) as info:
         served["prediction"].Classify(request)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED and "call Predict instead" in info.value.details()
+    # Without --enable_signature_method_name_check the method name is not checked (main.cc); the digits
+    # signature has a float image input, no serialized tf.Example one (classifier.cc:
+    # "No classification inputs found in SignatureDef: ...").
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("No classification inputs found in SignatureDef")
 
 
 def _http(url, body=None):
@@ -226,7 +230,12 @@ def test_metrics_use_tf_serving_names(served):
     #   "model_name", "status") and Sampler<3>::New({"/tensorflow/serving/request_latency", ..., "model_name", "API",
     #   "entrypoint"}); the Prometheus exporter writes '/' as ':'.
     assert ':tensorflow:serving:request_count{model_name="digits",status="OK"}' in text
-    assert ':tensorflow:serving:request_latency_bucket{model_name="digits",API="predict",entrypoint="GRPC",le="+Inf"}' in text
+    # prediction_service_impl.cc: RecordRequestLatency(name, /*api=*/"Predict", /*entrypoint=*/"GRPC", ...);
+    # predict_util.cc: RecordRuntimeLatency(name, /*api=*/"Predict", /*runtime=*/"TF1", ...).
+    assert ':tensorflow:serving:request_latency_bucket{model_name="digits",API="Predict",entrypoint="GRPC",le="+Inf"}' in text
+    assert ':tensorflow:serving:runtime_latency_bucket{model_name="digits",API="Predict",runtime="TF1",le="+Inf"}' in text
+    # tfship's own gauges for autoscaling: nothing in flight once the call returned.
+    assert 'tfship_inflight_requests{model_name="digits"} 0.0' in text
 
 
 def test_new_version_while_requests_flow_and_broken_version(signed_repo, keys, tmp_path):
@@ -321,7 +330,8 @@ def test_batching_gives_each_caller_its_own_rows(signed_repo, tmp_path):
     assert len(results) == 16
     for rows, answer in results.values():
         np.testing.assert_allclose(answer, expected[rows], atol=1e-5)
-    batches = int(next(line.split()[-1] for line in metrics.splitlines() if line.startswith(":tensorflow:serving:batching_session:batch_count{")))
+    batches = int(float(next(line.split()[-1] for line in metrics.splitlines()
+                             if line.startswith(":tensorflow:serving:batching_session:processed_batch_size_count"))))
     assert batches < 16  # requests were merged
 
 
@@ -422,8 +432,10 @@ def test_classify_and_regress_on_their_signatures(tmp_path):
             [[("yes", 0.25), ("no", 0.75)], [("yes", 0.9), ("no", 0.1)]]
         status, body = _http(f"{rest}:regress", {"signature_name": "regress", "examples": [{"x": 1.5}]})
         assert status == 200 and [round(v, 4) for v in body["results"]] == [3.0]
-        status, body = _http(f"{rest}:regress", {"examples": [{"x": 1.5}]})  # serving_default is a classify signature
-        assert status == 501 and "needs a signature with method tensorflow/serving/regress" in body["error"]
+        # serving_default is a classify signature (outputs classes, scores): without the method-name check
+        # regressor.cc looks for its one output tensor and refuses: "Expected one output Tensor."
+        status, body = _http(f"{rest}:regress", {"examples": [{"x": 1.5}]})
+        assert status == 400 and body["error"].startswith("Expected one output Tensor")
         del tf
     finally:
         channel.close()

@@ -228,7 +228,9 @@ def serve_run_local(config_file: Path, host: str, grpc_port: int, rest_port: int
     import logging
 
     from tfship.serving.local_process import build_local_engine, engine_log_handler
+    from tfship.serving.model_server import use_standard_kernels
 
+    use_standard_kernels()
     if log_file:
         logging.getLogger().handlers[:] = [engine_log_handler(log_file)]
     engine = build_local_engine(config_file, host=host, grpc_port=grpc_port, rest_port=rest_port, public_key=public_key,

@@ -4,34 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 
 from tfship.serving.config import BatchingOptions
 from tfship.serving.local_engine import predict
 from tfship.serving.local_engine.batching import Batcher
-from tfship.serving.local_engine.errors import EngineError, invalid
+from tfship.serving.local_engine.errors import invalid
 from tfship.serving.local_engine.metrics import Metrics
-from tfship.serving.local_engine.models import ModelConfig, ModelManager, Servable, SignatureEntry, configs_from_proto
+from tfship.serving.local_engine.models import LoadOptions, ModelConfig, ModelManager, Servable, SignatureEntry, configs_from_proto
 
 log = logging.getLogger(__name__)
 
 
 class EngineCore:
     def __init__(self, configs: list[ModelConfig], *, verifier: Callable[[Path], str | None] | None = None,
-                 batching: BatchingOptions | None = None, poll_seconds: float = 1.0, model_threads: int = 4) -> None:
+                 batching: BatchingOptions | None = None, poll_seconds: float = 1.0, model_threads: int = 4,
+                 options: LoadOptions | None = None) -> None:
+        self.options = options or LoadOptions()
         self.metrics = Metrics()
         # Model calls without batching run here (TensorFlow releases the GIL while computing).
         self.model_pool = ThreadPoolExecutor(max_workers=model_threads, thread_name_prefix="tfship-model")
         self.loop: asyncio.AbstractEventLoop | None = None  # the gRPC server's loop, set by LocalEngine
-        self.batcher = Batcher(batching, on_batch=lambda m, s, n: self.metrics.batch(m, s, n)) if batching else None
+        self.batcher = Batcher(batching, metrics=self.metrics) if batching else None
         self.manager = ModelManager(configs, verifier=verifier, poll_seconds=poll_seconds,
-                                    warmup_runner=self._warmup_record, metrics=self.metrics)
+                                    warmup_runner=self._warmup_record, metrics=self.metrics, options=self.options)
 
     def start(self) -> None:
         self.manager.start()
@@ -54,7 +56,14 @@ class EngineCore:
             # signature while a queue for it exists (a reloaded version is a new entry, hence a new queue).
             return await self.batcher.submit((servable.name, servable.version, entry.key, id(entry)), servable.name,
                                              arrays, size, lambda merged: predict.run_signature(entry, merged))
-        return await asyncio.get_running_loop().run_in_executor(self.model_pool, predict.run_signature, entry, arrays)
+        return await asyncio.get_running_loop().run_in_executor(self.model_pool, self.run_timed, servable, entry, arrays, "Predict")
+
+    def run_timed(self, servable: Servable, entry: SignatureEntry, arrays: dict[str, np.ndarray], api: str) -> dict[str, np.ndarray]:
+        """The model call, recorded as TF Serving's runtime_latency (predict_util.cc, classifier.cc: runtime "TF1")."""
+        started = time.perf_counter()
+        outputs = predict.run_signature(entry, arrays)
+        self.metrics.runtime(servable.name, api, "TF1", (time.perf_counter() - started) * 1e6)
+        return outputs
 
     def _run(self, servable: Servable, entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """From a thread that is not the loop's (REST): the same path, batching included."""
@@ -88,78 +97,71 @@ class EngineCore:
         checked = predict.check_arrays(entry, arrays)
         return servable, entry, self._run(servable, entry, checked)
 
-    def run_examples(self, request: Any, method: str, api: str, version: int | None = None, label: str | None = None
-                     ) -> tuple[Servable, SignatureEntry, dict[str, np.ndarray], int]:
-        """Classify / Regress: serialized tf.Examples into a classify or regress signature."""
-        if not request.HasField("model_spec"):
-            raise invalid("Missing ModelSpec")
-        servable = self.manager.resolve(request.model_spec.name, version, label)
-        entry = predict.signature_of(servable, request.model_spec.signature_name)
-        if entry.method_name != method:
-            raise EngineError(grpc.StatusCode.UNIMPLEMENTED,
-                              f"{api} needs a signature with method {method}; signature '{entry.key}' has method "
-                              f"{entry.method_name}: call Predict instead")
-        kind = request.input.WhichOneof("kind")
-        if kind != "example_list":
-            raise invalid(f"{api}: only example_list inputs are supported (got {kind or 'no input'})")
-        examples = [e.SerializeToString() for e in request.input.example_list.examples]
-        if not examples:
-            raise invalid(f"{api}: the request has no examples")
-        if len(entry.inputs) != 1:
-            raise invalid(f"{api}: signature '{entry.key}' must have exactly one input")
-        input_name = next(iter(entry.inputs))
-        array = np.empty(len(examples), dtype=object)
-        array[:] = examples
-        outputs = predict.run_signature(entry, {input_name: array})
-        return servable, entry, outputs, len(examples)
-
     def classify(self, request: Any, version: int | None = None, label: str | None = None) -> Any:
-        from tensorflow_serving.apis import classification_pb2
+        from tfship.serving.local_engine import inference
 
-        servable, entry, outputs, count = self.run_examples(request, "tensorflow/serving/classify", "Classify", version, label)
-        response = classification_pb2.ClassificationResponse()
-        response.model_spec.name, response.model_spec.version.value = servable.name, servable.version
-        response.model_spec.signature_name = entry.key
-        classes, scores = outputs.get("classes"), outputs.get("scores")
-        shaped = classes if classes is not None else scores
-        if shaped is None:
-            raise EngineError(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"Classify: signature '{entry.key}' has neither a 'classes' nor a 'scores' output")
-        width = shaped.shape[-1]
-        for row in range(count):
-            result = response.result.classifications.add()
-            for k in range(width):
-                item = result.classes.add()
-                if classes is not None:
-                    value = classes[row][k]
-                    item.label = value.decode() if isinstance(value, bytes) else str(value)
-                if scores is not None:
-                    item.score = float(scores[row][k])
-        return response
+        servable = self._resolve_spec(request, version, label)
+        self._count_examples(servable, request)
+        return inference.classify(servable, request, self._runner(servable, "Classify"), method_check=self.options.method_name_check)
 
     def regress(self, request: Any, version: int | None = None, label: str | None = None) -> Any:
-        from tensorflow_serving.apis import regression_pb2
+        from tfship.serving.local_engine import inference
 
-        servable, entry, outputs, count = self.run_examples(request, "tensorflow/serving/regress", "Regress", version, label)
-        response = regression_pb2.RegressionResponse()
-        response.model_spec.name, response.model_spec.version.value = servable.name, servable.version
-        response.model_spec.signature_name = entry.key
-        values = outputs.get("outputs", next(iter(outputs.values()))).reshape(count, -1)
-        for row in range(count):
-            response.result.regressions.add(value=float(values[row][0]))
-        return response
+        servable = self._resolve_spec(request, version, label)
+        self._count_examples(servable, request)
+        return inference.regress(servable, request, self._runner(servable, "Regress"), method_check=self.options.method_name_check)
+
+    def multi_inference(self, request: Any) -> Any:
+        """MultiInference (multi_inference_helper.cc): every task names one model; its version spec picks the servable."""
+        from tfship.serving.local_engine import inference
+
+        spec = inference.multi_inference_model_spec(request)
+        choice = spec.WhichOneof("version_choice")
+        servable = self.manager.resolve(spec.name, spec.version.value if choice == "version" else None,
+                                        spec.version_label if choice == "version_label" else None)
+        return inference.multi_inference(servable, request, self._runner(servable, "MultiInference"),
+                                         method_check=self.options.method_name_check)
+
+    def _runner(self, servable: Servable, api: str) -> Callable[[SignatureEntry, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        return lambda entry, arrays: self.run_timed(servable, entry, arrays, api)
+
+    def _count_examples(self, servable: Servable, request: Any) -> None:
+        """util.cc RecordRequestExampleCount: the examples of a Classify/Regress request."""
+        from tfship.serving.local_engine import inference
+
+        try:
+            count = len(inference.serialized_examples(request.input))
+        except Exception:  # the request is refused below, with TF Serving's message
+            return
+        self.metrics.examples(servable.name, count)
+
+    def _resolve_spec(self, request: Any, version: int | None, label: str | None) -> Servable:
+        if not request.HasField("model_spec"):
+            raise invalid("Missing ModelSpec")
+        return self.manager.resolve(request.model_spec.name, version, label)
 
     def _warmup_record(self, servable: Servable, record: bytes) -> None:
+        """saved_model_warmup.cc RunWarmupRequest: predict, classify, regress and multi_inference logs replay."""
         from tensorflow_serving.apis import prediction_log_pb2
+
+        from tfship.serving.local_engine import inference
 
         try:
             log_entry = prediction_log_pb2.PredictionLog.FromString(record)
         except Exception:
-            raise invalid("not a PredictionLog") from None
+            raise invalid(f"Failed to parse warmup record from {servable.path}") from None
         kind = log_entry.WhichOneof("log_type")
-        if kind != "predict_log":
-            raise invalid(f"warmup record type {kind} is not supported by the local engine (only predict_log)")
-        request = log_entry.predict_log.request
-        entry = predict.signature_of(servable, request.model_spec.signature_name)
-        arrays = predict.decode_inputs(entry, dict(request.inputs))
-        predict.run_signature(entry, arrays)
+        check = self.options.method_name_check
+        if kind == "predict_log":
+            request = log_entry.predict_log.request
+            entry = predict.signature_of(servable, request.model_spec.signature_name)
+            arrays = predict.decode_inputs(entry, dict(request.inputs))
+            predict.run_signature(entry, arrays)
+        elif kind == "classify_log":
+            inference.classify(servable, log_entry.classify_log.request, predict.run_signature, method_check=check)
+        elif kind == "regress_log":
+            inference.regress(servable, log_entry.regress_log.request, predict.run_signature, method_check=check)
+        elif kind == "multi_inference_log":
+            inference.multi_inference(servable, log_entry.multi_inference_log.request, predict.run_signature, method_check=check)
+        else:
+            raise invalid(f"Unsupported log_type for warmup: {kind}")

@@ -46,7 +46,8 @@ def build_servicers(core: Any) -> tuple[Any, Any]:
         async def _timed(self, api: str, model: str, coroutine: Awaitable[Any], context: Any) -> Any:
             started = time.perf_counter()
             try:
-                result = await coroutine
+                with core.metrics.inflight(model):
+                    result = await coroutine
                 core.metrics.request(model, api, "GRPC", "OK", (time.perf_counter() - started) * 1e6)
                 return result
             except EngineError as exc:
@@ -72,7 +73,7 @@ def build_servicers(core: Any) -> tuple[Any, Any]:
                     to_tensor_proto(value, response.outputs[name])
                 return response
 
-            return await self._timed("predict", request.model_spec.name, run(), context)
+            return await self._timed("Predict", request.model_spec.name, run(), context)
 
         async def GetModelMetadata(self, request, context):
             async def run():
@@ -99,16 +100,19 @@ def build_servicers(core: Any) -> tuple[Any, Any]:
 
         async def Classify(self, request, context):
             run = lambda: core.classify(request, **spec_args(request.model_spec))  # noqa: E731
-            return await self._timed("classify", request.model_spec.name,
+            return await self._timed("Classify", request.model_spec.name,
                                      asyncio.get_running_loop().run_in_executor(core.model_pool, run), context)
 
         async def Regress(self, request, context):
             run = lambda: core.regress(request, **spec_args(request.model_spec))  # noqa: E731
-            return await self._timed("regress", request.model_spec.name,
+            return await self._timed("Regress", request.model_spec.name,
                                      asyncio.get_running_loop().run_in_executor(core.model_pool, run), context)
 
         async def MultiInference(self, request, context):
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by the tfship local engine; use Predict, Classify or Regress")
+            run = lambda: core.multi_inference(request)  # noqa: E731
+            model = request.tasks[0].model_spec.name if request.tasks else ""
+            return await self._timed("MultiInference", model,
+                                     asyncio.get_running_loop().run_in_executor(core.model_pool, run), context)
 
     class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         async def GetModelStatus(self, request, context):

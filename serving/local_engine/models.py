@@ -1,7 +1,9 @@
 """Loading, versioning and routing of servables, with TF Serving's rules.
 
-- Versions come from numeric directories under each model's base_path, filtered by the version
-  policy (latest N, all, specific), and are re-scanned every ``poll_seconds``.
+- Versions come from all-digit directories under each model's base_path (``00000123`` is version 123,
+  as in TF Serving), filtered by the version policy (latest N, all, specific), re-scanned every ``poll_seconds``.
+- A version is a SavedModel (TF2 objects through ``tf.saved_model.load``, TF1 graphs in a Session, as
+  TF Serving runs them) or a ``model.tflite`` (TF Serving's ``--prefer_tflite_model`` rule).
 - Availability preserving: a version leaves only when the versions that replace it are ready; a
   version that fails to verify, load or warm up ends in END with its error, and the old one keeps serving.
 - Unversioned requests go to the highest AVAILABLE version; labels map to versions.
@@ -20,15 +22,55 @@ from typing import Any
 import grpc
 
 from tfship.core.errors import describe_exception, first_line
-from tfship.exporter.repository import versions as versions_on_disk
 from tfship.serving.config import VersionPolicy
 from tfship.serving.local_engine.errors import EngineError, invalid, not_found
 
 log = logging.getLogger(__name__)
 
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+# saved_model_warmup_util.h: WarmupConsts::kMaxNumRecords, kRequestsFileName (under assets.extra).
 MAX_WARMUP_RECORDS = 1000
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+INT64_MAX = (1 << 63) - 1
+
+
+def version_dirs(base_path: Path) -> dict[int, Path]:
+    """The version directories under ``base_path``, as TF Serving finds them.
+
+    file_system_storage_path_source.cc: every child whose name parses as an int64 is a version
+    (``ParseVersionNumber``), so ``00000123`` is version 123 and ``0`` is version 0; when two names give one
+    number, ``IndexChildrenByVersion`` keeps the later one in name order (and logs a warning).
+    """
+    try:
+        children = sorted(p for p in base_path.iterdir() if p.is_dir())
+    except OSError:
+        return {}
+    found: dict[int, Path] = {}
+    for child in children:
+        if not child.name.isascii() or not child.name.isdigit() or int(child.name) > INT64_MAX:
+            continue
+        version = int(child.name)
+        if version in found:
+            log.warning("Duplicate version directories detected. Version %d will be loaded from %s, %s will be ignored.",
+                        version, child.name, found[version].name)
+        found[version] = child
+    return found
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How versions load: TF Serving's flags that shape it (server.cc's defaults where they apply)."""
+
+    tags: frozenset[str] = frozenset({"serve"})  # --saved_model_tags
+    prefer_tflite: bool = False  # --prefer_tflite_model
+    warmup: bool = True  # --enable_model_warmup
+    warmup_iterations: int = 1  # --num_request_iterations_for_warmup (used when > 0)
+    max_load_retries: int = 0  # --max_num_load_retries (TF Serving's binary: 5)
+    retry_interval_seconds: float = 0.0  # --load_retry_interval_micros (TF Serving's binary: 60 s)
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    method_name_check: bool = False  # --enable_signature_method_name_check
+    allow_labels_for_unavailable: bool = False  # --allow_version_labels_for_unavailable_models
 
 
 @dataclass(frozen=True)
@@ -65,6 +107,7 @@ class Servable:
 class VersionState:
     version: int
     state: str
+    path: Path | None = None
     error_code: grpc.StatusCode = grpc.StatusCode.OK
     error_message: str = ""
     servable: Servable | None = None
@@ -144,9 +187,12 @@ def _was_unloaded(state: VersionState) -> bool:
 class ModelManager:
     def __init__(self, configs: list[ModelConfig], *, verifier: Callable[[Path], str | None] | None = None,
                  poll_seconds: float = 1.0, warmup_runner: Callable[[Servable, bytes], None] | None = None,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, options: LoadOptions | None = None) -> None:
+        self.options = options or LoadOptions()
         self._lock = threading.RLock()
         self._configs = {c.name: c for c in configs}
+        # Version labels live apart from the configs: a reload whose labels are refused keeps the old ones.
+        self._labels: dict[str, dict[str, int]] = {c.name: dict(c.labels) for c in configs}
         self._states: dict[str, dict[int, VersionState]] = {c.name: {} for c in configs}
         self._verifier = verifier
         self._poll_seconds = poll_seconds
@@ -177,6 +223,8 @@ class ModelManager:
                 log.exception("file system poll failed")
 
     def reload_config(self, configs: list[ModelConfig]) -> None:
+        """Apply a new model list (HandleReloadConfigRequest, a changed --model_config_file): models added are
+        loaded, models removed unloaded, then the version labels are checked as server_core.cc does."""
         with self._lock:
             self._configs = {c.name: c for c in configs}
             for name in list(self._states):
@@ -185,6 +233,43 @@ class ModelManager:
             for name in self._configs:
                 self._states.setdefault(name, {})
         self.reconcile()
+        self._update_labels(configs)
+
+    def _update_labels(self, configs: list[ModelConfig]) -> None:
+        """server_core.cc UpdateModelVersionLabelMap: a label may point only at an AVAILABLE version, unless
+        --allow_version_labels_for_unavailable_models and the label is new or keeps its version."""
+        with self._lock:
+            for config in configs:
+                states = self._states.get(config.name, {})
+                for label, version in config.labels.items():
+                    existing = self._labels.get(config.name, {}).get(label)
+                    allowed = self.options.allow_labels_for_unavailable and existing in (None, version)
+                    state = states.get(version)
+                    if not allowed and (state is None or state.state != AVAILABLE):
+                        raise EngineError(grpc.StatusCode.FAILED_PRECONDITION,
+                                          f"Request to assign label to version {version} of model {config.name}, "
+                                          "which is not currently available for inference")
+            self._labels = {c.name: dict(c.labels) for c in configs}
+
+    def model_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._configs)
+
+    def readiness(self) -> dict[str, str | None]:
+        """Per configured model: None when a version is AVAILABLE, else why not (for /v1/ready and health)."""
+        result: dict[str, str | None] = {}
+        with self._lock:
+            for name in sorted(self._configs):
+                states = self._states.get(name, {})
+                if any(s.state == AVAILABLE for s in states.values()):
+                    result[name] = None
+                elif not states:
+                    result[name] = f"no version found under {self._configs[name].base_path}"
+                else:
+                    latest = states[max(states)]
+                    reason = f"version {latest.version} is {latest.state}"
+                    result[name] = f"{reason}: {latest.error_message}" if latest.error_message else reason
+        return result
 
     # -- version management -----------------------------------------------------------------------
 
@@ -196,7 +281,8 @@ class ModelManager:
                 self._reconcile_model(config)
 
     def _reconcile_model(self, config: ModelConfig) -> None:
-        on_disk = versions_on_disk(config.base_path)
+        paths = version_dirs(config.base_path)
+        on_disk = sorted(paths)
         desired = set(config.policy.select(on_disk))
         with self._lock:
             states = self._states.setdefault(config.name, {})
@@ -205,7 +291,9 @@ class ModelManager:
             # failed (END with an error) is not retried until its directory is replaced.
             to_load = [v for v in sorted(desired) if v not in states or _was_unloaded(states[v])]
         for version in to_load:
-            self._load(config, version)
+            if self._stop.is_set():
+                return
+            self._load(config, version, paths[version])
         with self._lock:
             states = self._states.get(config.name, {})
             desired_ready = [v for v in desired if v in states and states[v].state == AVAILABLE]
@@ -226,9 +314,8 @@ class ModelManager:
                     if version not in on_disk:
                         del states[version]
 
-    def _load(self, config: ModelConfig, version: int) -> None:
-        path = config.base_path / str(version)
-        state = VersionState(version, LOADING)
+    def _load(self, config: ModelConfig, version: int, path: Path) -> None:
+        state = VersionState(version, LOADING, path)
         with self._lock:
             self._states[config.name][version] = state
         started = time.perf_counter()
@@ -238,47 +325,96 @@ class ModelManager:
                 problem = self._verifier(path)
                 if problem:
                     raise EngineError(grpc.StatusCode.FAILED_PRECONDITION, f"signature check failed for {path}: {problem}")
-            import tensorflow as tf
-
-            try:
-                loaded = tf.saved_model.load(str(path))
-            except Exception as exc:
-                raise EngineError(grpc.StatusCode.UNKNOWN, f"loading {path} failed: {describe_exception(exc)}") from None
-            servable = Servable(config.name, version, path, loaded, _signature_entries(loaded, path))
+            loaded, signatures = self._load_with_retries(config.name, version, path)
+            servable = Servable(config.name, version, path, loaded, signatures)
             warmup_started = time.perf_counter()
-            self._warmup(servable)
-            warmup_seconds = time.perf_counter() - warmup_started
+            try:
+                self._warmup(servable)
+            finally:
+                warmup_seconds = time.perf_counter() - warmup_started
         except EngineError as exc:
             with self._lock:
                 state.state, state.error_code, state.error_message = END, exc.code, exc.message
             log.warning("%s version %d failed to load: %s", config.name, version, exc.message)
             if self._metrics:
-                self._metrics.load(config.name, version, "error", time.perf_counter() - started, warmup_seconds)
+                self._metrics.load(config.name, version, "error", time.perf_counter() - started, warmup_seconds,
+                                   path=str(path))
             return
         with self._lock:
             state.servable = servable
             state.state = AVAILABLE
         log.info("%s version %d is AVAILABLE (%.2fs, warmup %.2fs)", config.name, version, time.perf_counter() - started, warmup_seconds)
         if self._metrics:
-            self._metrics.load(config.name, version, "ok", time.perf_counter() - started, warmup_seconds)
+            self._metrics.load(config.name, version, "ok", time.perf_counter() - started, warmup_seconds,
+                               path=str(path))
+
+    def _load_with_retries(self, name: str, version: int, path: Path) -> tuple[Any, dict[str, SignatureEntry]]:
+        """TF Serving's --max_num_load_retries / --load_retry_interval_micros: a failed load is tried again."""
+        attempt = 0
+        while True:
+            try:
+                return self._load_servable(path)
+            except EngineError as exc:
+                if attempt >= self.options.max_load_retries or self._stop.is_set():
+                    raise
+                attempt += 1
+                log.warning("%s version %d failed to load (%s); retry %d of %d in %.1fs", name, version, exc.message,
+                            attempt, self.options.max_load_retries, self.options.retry_interval_seconds)
+                if self._stop.wait(max(0.0, self.options.retry_interval_seconds)):
+                    raise
+
+    def _load_servable(self, path: Path) -> tuple[Any, dict[str, SignatureEntry]]:
+        """A SavedModel (TF2 objects, or a TF1 graph in a Session as TF Serving runs it) or a model.tflite."""
+        from tfship.serving.local_engine import tf1_session, tflite_servable
+
+        options = self.options
+        try:
+            # saved_model_bundle_factory.cc: model.tflite wins only with --prefer_tflite_model. A version with
+            # model.tflite alone, which TF Serving fails to load ("SavedModel not found"), is served here.
+            only_tflite = tflite_servable.has_tflite(path) and not tflite_servable.has_saved_model(path)
+            if only_tflite or tflite_servable.choose_format(path, options.prefer_tflite) == "tflite":
+                return tflite_servable.load_tflite(path)
+            if tf1_session.is_tf1_saved_model(path):
+                return tf1_session.load_tf1(path, set(options.tags), intra_op_threads=options.intra_op_threads,
+                                            inter_op_threads=options.inter_op_threads)
+            import tensorflow as tf
+
+            loaded = tf.saved_model.load(str(path), tags=sorted(options.tags))
+            return loaded, _signature_entries(loaded, path)
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError(grpc.StatusCode.UNKNOWN, f"loading {path} failed: {describe_exception(exc)}") from None
 
     def _warmup(self, servable: Servable) -> None:
+        """saved_model_warmup_util.cc: each record of assets.extra/tf_serving_warmup_requests runs
+        ``num_request_iterations`` times; more than kMaxNumRecords records fail the load."""
         path = servable.path / WARMUP_FILE
-        if not path.exists() or self._warmup_runner is None:
+        if not self.options.warmup or not path.exists() or self._warmup_runner is None:
             return
         import tensorflow as tf
 
         try:
             records = [r.numpy() for r in tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS + 1)]
         except Exception as exc:
-            raise EngineError(grpc.StatusCode.INVALID_ARGUMENT, f"warmup file {path} is not a valid TFRecord: {first_line(exc, 200)}") from None
+            raise EngineError(grpc.StatusCode.DATA_LOSS, f"{first_line(exc, 200)}. Please verify your warmup data is in "
+                              f"TFRecord format.") from None
         if len(records) > MAX_WARMUP_RECORDS:
-            raise EngineError(grpc.StatusCode.INVALID_ARGUMENT, f"warmup file {path} has more than {MAX_WARMUP_RECORDS} records")
-        for index, record in enumerate(records):
-            try:
-                self._warmup_runner(servable, record)
-            except EngineError as exc:
-                raise EngineError(exc.code, f"warmup record {index} of {path} failed: {exc.message}") from None
+            raise invalid(f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
+        iterations = self.options.warmup_iterations if self.options.warmup_iterations > 0 else 1
+        started = time.perf_counter()
+        status = "OK"
+        try:
+            for index, record in enumerate(records):
+                for _ in range(iterations):
+                    try:
+                        self._warmup_runner(servable, record)
+                    except EngineError as exc:
+                        status = f"{exc.code.name}: {exc.message}"
+                        raise EngineError(exc.code, f"warmup record {index} of {path} failed: {exc.message}") from None
+        finally:
+            if self._metrics:
+                self._metrics.warmup(str(servable.path), status, (time.perf_counter() - started) * 1e6)
 
     # -- lookups ----------------------------------------------------------------------------------
 
@@ -286,10 +422,11 @@ class ModelManager:
         with self._lock:
             config = self._configs.get(name)
             states = self._states.get(name, {})
+            labels = self._labels.get(name, {})
             if label:
-                if config is None or label not in config.labels:
+                if config is None or label not in labels:
                     raise invalid(f"Unrecognized servable version label: {label}")
-                version = config.labels[label]
+                version = labels[label]
             if version is not None:
                 state = states.get(version)
                 if config is None or state is None or state.state != AVAILABLE or state.servable is None:
@@ -307,10 +444,11 @@ class ModelManager:
             if config is None:
                 raise not_found(f"Could not find any versions of model {name}")
             states = self._states.get(name, {})
+            labels = self._labels.get(name, {})
             if label:
-                if label not in config.labels:
+                if label not in labels:
                     raise invalid(f"Unrecognized servable version label: {label}")
-                version = config.labels[label]
+                version = labels[label]
             if version is not None:
                 if version not in states:
                     raise not_found(f"Could not find version {version} of model {name}")

@@ -1,14 +1,21 @@
-"""Predict requests: TF Serving's checks and messages, a shape check TF Serving lacks, then the call."""
+"""Predict requests: TF Serving's checks and messages, then the call.
+
+Shapes are not checked before the call: TF Serving feeds whatever shape arrives, and a graph that accepts
+it (an element-wise model given ``[1]`` for ``[-1, 1]``) answers. When the model fails on an input whose
+shape differs from the signature's, the answer names the input, the shape sent and the shape declared
+instead of TensorFlow's kernel message.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
 import grpc
 import numpy as np
 
-from tfship.core.codec import DT_STRING, CodecError, dtype_name, shape_of, to_ndarray
+from tfship.core.codec import DT_STRING, CodecError, dtype_name, to_ndarray
 from tfship.core.errors import first_line
 from tfship.serving.local_engine.errors import EngineError, invalid
 from tfship.serving.local_engine.models import Servable, SignatureEntry
@@ -58,8 +65,6 @@ def decode_inputs(entry: SignatureEntry, tensors: dict[str, Any]) -> dict[str, n
         expected_dt = spec.dtype.as_datatype_enum
         if tensor.dtype != expected_dt:
             raise invalid(f"Expects arg[{index}] to be {tf_type_name(dtype_name(expected_dt))} but {tf_type_name(dtype_name(tensor.dtype))} is provided")
-        shape = shape_of(tensor)
-        check_shape(name, spec.shape, shape)
         try:
             arrays[name] = to_ndarray(tensor)
         except CodecError as exc:
@@ -67,12 +72,23 @@ def decode_inputs(entry: SignatureEntry, tensors: dict[str, Any]) -> dict[str, n
     return arrays
 
 
-def check_shape(name: str, expected: tuple[int | None, ...] | None, shape: tuple[int, ...]) -> None:
+def shape_mismatch(name: str, expected: tuple[int | None, ...] | None, shape: tuple[int, ...]) -> str | None:
+    """Our sentence for an input whose shape the signature does not declare, or None when it fits."""
     if expected is None:
-        return
+        return None
     if len(shape) != len(expected) or any(want is not None and want != got for want, got in zip(expected, shape)):
         shown = "[" + ", ".join("-1" if d is None else str(d) for d in expected) + "]"
-        raise invalid(f"input '{name}' has shape {list(shape)} but the signature expects {shown} (-1: any size)")
+        return f"input '{name}' has shape {list(shape)} but the signature expects {shown} (-1: any size)"
+    return None
+
+
+def explain_shapes(entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> str | None:
+    for name in entry.input_order:
+        if name in arrays:
+            problem = shape_mismatch(name, entry.inputs[name].shape, tuple(np.shape(arrays[name])))
+            if problem:
+                return problem
+    return None
 
 
 def check_arrays(entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -92,7 +108,6 @@ def check_arrays(entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[s
                 result[name] = value.astype(target)
             except (ValueError, TypeError):
                 raise invalid(f"Expects arg[{index}] to be {tf_type_name(np.dtype(target).name)} but {tf_type_name(str(value.dtype))} is provided") from None
-        check_shape(name, spec.shape, result[name].shape)
     return result
 
 
@@ -104,19 +119,44 @@ def check_output_filter(entry: SignatureEntry, output_filter: Iterable[str]) -> 
     return names
 
 
+@functools.cache
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs oneDNN kernels in this process (read once, as TensorFlow reads it).
+
+    oneDNN's kernels abort the whole process on some shapes the standard kernels answer with
+    INVALID_ARGUMENT (a Conv2D given a rank-2 input: a failed CHECK in tensor_format.h). TF Serving's
+    standard build has no oneDNN, and tfship's model server turns it off (TF_ENABLE_ONEDNN_OPTS=0) before
+    TensorFlow loads; where it is on anyway, shapes the signature does not declare are refused before the call.
+    """
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return True
+
+
 def run_signature(entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Call the signature; a failure on inputs whose shapes the signature does not declare is explained."""
     import tensorflow as tf
 
+    if onednn_enabled():
+        problem = explain_shapes(entry, arrays)
+        if problem:
+            raise invalid(problem)
     try:
         result = entry.fn(**{name: tf.constant(value) for name, value in arrays.items()})
     except tf.errors.InvalidArgumentError as exc:
-        raise invalid(first_line(exc.message) or "invalid argument") from None
+        raise invalid(explain_shapes(entry, arrays) or first_line(exc.message) or "invalid argument") from None
     except tf.errors.ResourceExhaustedError as exc:
         raise EngineError(grpc.StatusCode.RESOURCE_EXHAUSTED, first_line(exc.message)) from None
     except (tf.errors.OpError, ValueError, TypeError) as exc:
+        problem = explain_shapes(entry, arrays)
+        if problem:
+            raise invalid(problem) from None
         message = getattr(exc, "message", None) or str(exc)
         raise EngineError(grpc.StatusCode.INTERNAL, first_line(message, 500) if message else type(exc).__name__) from None
-    return {name: value.numpy() for name, value in result.items()}
+    return {name: value if isinstance(value, np.ndarray) else value.numpy() for name, value in result.items()}
 
 
 def batch_size(arrays: dict[str, np.ndarray]) -> int | None:

@@ -33,6 +33,7 @@ from tfship.serving.local_engine.errors import EngineError, clipped, invalid
 from tfship.serving.local_engine.predict import check_arrays, signature_of
 from tfship.serving.local_engine.repeated_errors import RepeatedErrors
 
+READY_PATH, LIVE_PATH = "/v1/ready", "/v1/live"  # tfship's own probes (not in TF Serving)
 log = logging.getLogger(__name__)
 errors_log = RepeatedErrors(log)
 
@@ -55,6 +56,9 @@ class RestLimits:
     body_timeout: float = 60.0  # to send the whole body; slower: 408
     backlog: int = 1024
     parse_threads: int = 2
+    # --rest_api_timeout_in_ms (TF Serving's default: 30 s): a :predict/:classify/:regress that takes longer
+    # gets DEADLINE_EXCEEDED. None: no limit.
+    request_timeout: float | None = 30.0
     json: bounded_json.JsonLimits = field(default_factory=bounded_json.JsonLimits)
 
     def __post_init__(self) -> None:
@@ -312,6 +316,7 @@ class RestServer:
         self._budget = _BodyBudget(self.limits.max_inflight_body_bytes)
         self._web: web.Server | None = None
         self._listener: asyncio.base_events.Server | None = None
+        self._draining = False
 
     async def start(self) -> None:
         limits = self.limits
@@ -331,6 +336,7 @@ class RestServer:
         self.port = self._listener.sockets[0].getsockname()[1]
 
     async def stop(self, grace: float = 1.0) -> None:
+        self._draining = True
         if self._listener is not None:
             self._listener.close()
         if self._web is not None:
@@ -384,6 +390,8 @@ class RestServer:
             if request.method in ("GET", "HEAD") and path == PROMETHEUS_PATH:
                 return web.Response(body=self.core.metrics.render().encode("utf-8"),
                                     headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8", **_SERVER})
+            if request.method in ("GET", "HEAD") and path in (READY_PATH, LIVE_PATH):
+                return self._probe(path)
             return await self._route(request, path)
         except HttpError as exc:
             # The body may be partly unread: close rather than read what follows as a new request.
@@ -415,6 +423,24 @@ class RestServer:
             return self._get(match["name"], version, match["label"], bool(match["metadata"]))
         raise invalid(f"Malformed request: {request.method} {path[:200]}")
 
+    def _probe(self, path: str) -> web.Response:
+        """Beyond TF Serving (tensorflow/serving#1754): readiness without a model name, and liveness.
+
+        /v1/ready: 200 when every configured model has an AVAILABLE version, else 503 with each model's
+        reason; 503 while the server drains. /v1/live: 200 while the process serves HTTP at all.
+        """
+        from tfship.serving.local_engine.health import readiness_report
+
+        if path == LIVE_PATH:
+            return self._json_response(200, b'{"live": true}')
+        ready, models = readiness_report(self.core.manager)
+        if self._draining:
+            ready = False
+        payload = {"ready": ready, "draining": self._draining,
+                   "models": {name: {"ready": reason is None, **({"reason": reason} if reason else {})}
+                              for name, reason in models.items()}}
+        return self._json_response(200 if ready else 503, json.dumps(payload).encode("utf-8"))
+
     def _get(self, name: str, version: int | None, label: str | None, metadata: bool) -> web.Response:
         if metadata:
             servable = self.core.manager.resolve(name, version, label)
@@ -434,10 +460,15 @@ class RestServer:
         held = [0]
         try:
             raw = await self._read_body(request, held)
-            if verb == "predict":
-                payload = await self._predict(name, version, label, raw)
-            else:
-                payload = await self._examples(name, verb, version, label, raw)
+            work = self._predict(name, version, label, raw) if verb == "predict" else self._examples(name, verb, version, label, raw)
+            try:
+                with self.core.metrics.inflight(name):
+                    payload = await asyncio.wait_for(work, self.limits.request_timeout)
+            except asyncio.TimeoutError:
+                # --rest_api_timeout_in_ms: TF Serving runs the model with this deadline (RunOptions.timeout_in_ms).
+                raise EngineError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"the request did not finish within --rest_api_timeout_in_ms "
+                                  f"({(self.limits.request_timeout or 0) * 1000:g} ms)") from None
             return self._json_response(200, payload)
         except EngineError as exc:
             status = exc.code.name

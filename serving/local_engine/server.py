@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -16,12 +17,40 @@ from tfship.core.errors import ServingError
 from tfship.serving.config import BatchingOptions
 from tfship.serving.local_engine.core import EngineCore
 from tfship.serving.local_engine.grpc_service import build_servicers, generic_handlers
-from tfship.serving.local_engine.models import ModelConfig
+from tfship.serving.local_engine.health import HealthPublisher
+from tfship.serving.local_engine.models import LoadOptions, ModelConfig
 from tfship.serving.local_engine.rest import RestLimits, RestServer
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = (1 << 31) - 1  # TF Serving's limit: about 2 GiB
+
+
+@dataclass(frozen=True)
+class GrpcOptions:
+    """TF Serving's gRPC flags: --grpc_socket_path, --grpc_channel_arguments, --grpc_max_threads,
+    --enable_grpc_healthcheck_service."""
+
+    socket_path: str = ""
+    channel_arguments: tuple[tuple[str, str | int], ...] = ()
+    max_concurrent_rpcs: int | None = None
+    health_service: bool = True
+
+
+def parse_channel_arguments(text: str) -> tuple[tuple[str, str | int], ...]:
+    """main.cc / server.cc: comma-separated ``key=value``; a value that parses as int32 is passed as an int."""
+    result: list[tuple[str, str | int]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--grpc_channel_arguments: '{item}' is not key=value")
+        try:
+            number = int(value)
+        except ValueError:
+            result.append((key, value))
+        else:
+            result.append((key, number) if -(1 << 31) <= number < (1 << 31) else (key, value))
+    return tuple(result)
 
 
 @dataclass(frozen=True)
@@ -50,14 +79,17 @@ def _set_tensorflow_threads(intra: int, inter: int) -> None:
 
 
 class LocalEngine:
-    def __init__(self, configs: list[ModelConfig], *, host: str = "127.0.0.1", grpc_port: int = 8500,
+    def __init__(self, configs: list[ModelConfig], *, host: str = "127.0.0.1", grpc_port: int | None = 8500,
                  rest_port: int | None = 8501, verifier: Callable[[Path], str | None] | None = None,
                  batching: BatchingOptions | None = None, poll_seconds: float = 1.0, tls: TlsOptions | None = None,
-                 intra_op_threads: int = 0, inter_op_threads: int = 0, rest_limits: RestLimits | None = None) -> None:
+                 intra_op_threads: int = 0, inter_op_threads: int = 0, rest_limits: RestLimits | None = None,
+                 load_options: LoadOptions | None = None, grpc_options: GrpcOptions | None = None) -> None:
         if intra_op_threads or inter_op_threads:
             _set_tensorflow_threads(intra_op_threads, inter_op_threads)
         self.host = host
-        self.core = EngineCore(configs, verifier=verifier, batching=batching, poll_seconds=poll_seconds)
+        self.core = EngineCore(configs, verifier=verifier, batching=batching, poll_seconds=poll_seconds, options=load_options)
+        self._grpc_options = grpc_options or GrpcOptions()
+        self.health: HealthPublisher | None = None
         self._grpc_port_requested = grpc_port
         self._rest_port_requested = rest_port
         self._tls = tls
@@ -99,26 +131,51 @@ class LocalEngine:
         return self
 
     async def _start_grpc(self) -> None:
+        options = self._grpc_options
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                           ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                          ("grpc.so_reuseport", 0)])
+                                          ("grpc.so_reuseport", 0), *options.channel_arguments],
+                                 maximum_concurrent_rpcs=options.max_concurrent_rpcs)
         server.add_generic_rpc_handlers(generic_handlers(*build_servicers(self.core)))
-        address = f"{self.host}:{self._grpc_port_requested}"
-        try:
-            if self._tls:
-                credentials = grpc.ssl_server_credentials(
-                    [(self._tls.server_key, self._tls.server_cert)], root_certificates=self._tls.custom_ca,
-                    require_client_auth=self._tls.client_verify)
-                port = server.add_secure_port(address, credentials)
-            else:
-                port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise ServingError(f"cannot listen on {address}: {exc}; is another server using the port? (--grpc-port)") from None
-        if not port:
-            raise ServingError(f"cannot listen on {address}: the port is in use (choose another with --grpc-port)")
+        if options.health_service:
+            self.health = HealthPublisher(self.core.manager)
+            self.health.add_to_server(server)
+        port = 0
+        if self._grpc_port_requested is not None:  # None: the Unix socket only (0: a free port)
+            address = f"{self.host}:{self._grpc_port_requested}"
+            try:
+                port = self._add_port(server, address)
+            except RuntimeError as exc:
+                raise ServingError(f"cannot listen on {address}: {exc}; is another server using the port? (--grpc-port)") from None
+            if not port:
+                raise ServingError(f"cannot listen on {address}: the port is in use (choose another with --grpc-port)")
+        if options.socket_path:
+            # server.cc: "unix:" + grpc_socket_path, alongside the TCP port (same services, same credentials).
+            address = f"unix:{options.socket_path}"
+            try:
+                bound = self._add_port(server, address)
+            except RuntimeError as exc:
+                raise ServingError(f"cannot listen on {address}: {exc}") from None
+            if not bound:
+                raise ServingError(f"cannot listen on {address}: is the directory writable and the path free?")
         await server.start()
+        if self.health is not None:
+            await self.health.start()
         self.grpc_server = server
         self.grpc_port = port
+
+    def _add_port(self, server: Any, address: str) -> int:
+        if self._tls:
+            credentials = grpc.ssl_server_credentials(
+                [(self._tls.server_key, self._tls.server_cert)], root_certificates=self._tls.custom_ca,
+                require_client_auth=self._tls.client_verify)
+            return int(server.add_secure_port(address, credentials))
+        return int(server.add_insecure_port(address))
+
+    def refresh_health(self) -> None:
+        """Publish the models' states now (after a config reload) instead of at the next tick."""
+        if self.health is not None and self._loop is not None and self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.health.refresh(), self._loop).result(10)
 
     def _stop_loop(self) -> None:
         if self._loop is not None and self._loop.is_running():
@@ -133,6 +190,9 @@ class LocalEngine:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.health is not None and self._loop is not None and self._loop.is_running():
+            # Health checks answer NOT_SERVING while in-flight requests drain.
+            asyncio.run_coroutine_threadsafe(self.health.drain(), self._loop).result(10)
         if self.rest is not None and self._loop is not None and self._loop.is_running():
             asyncio.run_coroutine_threadsafe(self.rest.stop(min(grace, 5.0)), self._loop).result(grace + 10)
         if self.grpc_server is not None and self._loop is not None:

@@ -1,0 +1,254 @@
+"""The local engine as a drop-in ``tensorflow_model_server``: TF Serving's rules, checked on real servers.
+
+Where a test states TF Serving's behaviour, the source is named next to it (tensorflow_serving/...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from conftest import free_port, run_cli
+from engine_helpers import wait_until
+
+from tfship.serving.model_server import ConfigFilePoller, ServerFlags, build_engine
+
+
+def _save_half_plus_two(path: Path) -> None:
+    """An element-wise TF2 model (y = 0.5 x + 2) whose signature declares x as [-1, 1]."""
+    import tensorflow as tf
+
+    class HalfPlusTwo(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": 0.5 * x + 2.0}
+
+    module = HalfPlusTwo()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def _save_matmul(path: Path) -> None:
+    """A model that needs x of [-1, 3]: its MatMul fails on any other inner size."""
+    import tensorflow as tf
+
+    class MatMul(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": tf.matmul(x, tf.ones([3, 2]))}
+
+    module = MatMul()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dropin")
+    _save_half_plus_two(root / "half" / "00000123")
+    _save_matmul(root / "matmul" / "1")
+    return root
+
+
+def _config_text(entries: dict[str, Path]) -> str:
+    body = "".join(f'config {{ name: "{name}" base_path: "{path}" model_platform: "tensorflow" }} ' for name, path in entries.items())
+    return f"model_config_list {{ {body}}}\n"
+
+
+def _predict(port: int, model: str, x: np.ndarray, *, target: str | None = None):
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(x))
+    with grpc.insecure_channel(target or f"127.0.0.1:{port}") as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    return response, tf.make_ndarray(response.outputs["y"])
+
+
+def _health(port: int, service: str = "") -> str:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def _get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _engine(tmp_path: Path, entries: dict[str, Path], **flags):
+    config = tmp_path / "models.config"
+    config.write_text(_config_text(entries))
+    values = {"port": free_port(), "rest_api_port": free_port(), "model_config_file": config, "tfship_host": "127.0.0.1",
+              "file_system_poll_wait_seconds": 0, "max_num_load_retries": 0, **flags}
+    engine = build_engine(ServerFlags(**values).check())
+    return engine.start(), config
+
+
+def test_zero_padded_version_directories_load_and_report_their_number(models, tmp_path):
+    # file_system_storage_path_source.cc ParseVersionNumber: strings::safe_strto64 on the directory name,
+    # so "00000123" is version 123 and the path served is the directory as it is named.
+    engine, _ = _engine(tmp_path, {"half": models / "half"})
+    try:
+        response, y = _predict(engine.grpc_port, "half", np.array([[2.0], [4.0]], np.float32))
+        assert response.model_spec.version.value == 123
+        np.testing.assert_allclose(y, [[3.0], [4.0]])
+        status, body = _get(f"http://127.0.0.1:{engine.rest_port}/v1/models/half/versions/123")
+        assert status == 200 and body["model_version_status"][0]["state"] == "AVAILABLE"
+    finally:
+        engine.stop(grace=1)
+
+
+def test_shapes_the_model_accepts_are_served_and_shapes_it_rejects_are_explained(models, tmp_path):
+    engine, _ = _engine(tmp_path, {"half": models / "half", "matmul": models / "matmul"})
+    try:
+        # x of shape [2] against a signature of [-1, 1]: the graph is element-wise and TF Serving serves it
+        # (its predict_util.cc feeds the tensor as sent; only the model's own kernels check shapes).
+        _, y = _predict(engine.grpc_port, "half", np.array([2.0, 4.0], np.float32))
+        np.testing.assert_allclose(y, [3.0, 4.0])
+        # REST alike: a row format instance of one value each.
+        request = urllib.request.Request(f"http://127.0.0.1:{engine.rest_port}/v1/models/half:predict",
+                                         data=json.dumps({"instances": [2.0, 4.0]}).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.loads(response.read())["predictions"] == [3.0, 4.0]
+        # The MatMul cannot take [1, 2]: INVALID_ARGUMENT, in words that name the input and both shapes.
+        with pytest.raises(grpc.RpcError) as caught:
+            _predict(engine.grpc_port, "matmul", np.array([[1.0, 2.0]], np.float32))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details() == "input 'x' has shape [1, 2] but the signature expects [-1, 3] (-1: any size)"
+    finally:
+        engine.stop(grace=1)
+
+
+def test_health_and_ready_follow_a_load_a_failed_load_and_a_reload(models, tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "1").mkdir(parents=True)
+    (broken / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    engine, config = _engine(tmp_path, {"half": models / "half", "broken": broken},
+                             enable_grpc_healthcheck_service=True, model_config_file_poll_wait_seconds=1)
+    poller = ConfigFilePoller(engine, config, 1).start()
+    ready_url = f"http://127.0.0.1:{engine.rest_port}/v1/ready"
+    try:
+        # One model AVAILABLE, one whose only version failed: the server is not ready, and says why.
+        assert _health(engine.grpc_port, "half") == "SERVING"
+        assert _health(engine.grpc_port, "broken") == "NOT_SERVING"
+        assert _health(engine.grpc_port) == "NOT_SERVING"
+        assert _health(engine.grpc_port, "no-such-model") == "NOT_FOUND"
+        status, body = _get(ready_url)
+        assert status == 503 and body["ready"] is False
+        assert body["models"]["half"] == {"ready": True}
+        assert "version 1 is END" in body["models"]["broken"]["reason"]
+        assert _get(f"http://127.0.0.1:{engine.rest_port}/v1/live")[0] == 200
+        # The config file drops the broken model: the poller reloads, and everything is SERVING.
+        config.write_text(_config_text({"half": models / "half"}))
+        wait_until(lambda: _health(engine.grpc_port) == "SERVING", 30, "overall health SERVING after the reload")
+        status, body = _get(ready_url)
+        assert status == 200 and body == {"ready": True, "draining": False, "models": {"half": {"ready": True}}}
+        assert _health(engine.grpc_port, "tensorflow.serving.PredictionService") == "SERVING"
+        assert _health(engine.grpc_port, "broken") == "SERVICE_UNKNOWN"
+    finally:
+        poller.stop()
+        engine.stop(grace=1)
+
+
+def test_config_file_polling_adds_and_removes_models_and_zero_means_never(models, tmp_path):
+    engine, config = _engine(tmp_path, {"half": models / "half"})
+    poller = ConfigFilePoller(engine, config, 1).start()
+    try:
+        config.write_text(_config_text({"half": models / "half", "matmul": models / "matmul"}))
+        wait_until(lambda: engine.core.manager.readiness().get("matmul", "missing") is None, 60, "matmul loaded from the changed file")
+        _predict(engine.grpc_port, "matmul", np.ones((1, 3), np.float32))
+        config.write_text(_config_text({"matmul": models / "matmul"}))
+        wait_until(lambda: "half" not in engine.core.manager.model_names(), 30, "half removed")
+        with pytest.raises(grpc.RpcError) as caught:
+            _predict(engine.grpc_port, "half", np.ones((1, 1), np.float32))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        # model_server_config.proto / main.cc: "Servable not found for request: Latest(NAME)"
+        assert caught.value.details() == "Servable not found for request: Latest(half)"
+        # A file that no longer parses is logged and the running models stay (server.cc keeps the old config).
+        config.write_text("model_config_list { config { name: ")
+        time.sleep(2.5)
+        assert engine.core.manager.model_names() == ["matmul"]
+    finally:
+        poller.stop()
+        engine.stop(grace=1)
+
+
+@pytest.mark.slow
+def test_the_command_takes_tf_serving_flags_and_serves_on_a_unix_socket(models, tmp_path):
+    """One real ``tfship model-server`` process with TF Serving's flags; main.cc's semantics for each."""
+    socket_path = tmp_path / "tfs.sock"
+    config = tmp_path / "models.config"
+    # model_config_file_poll_wait_seconds=0: read once; later edits are never applied (main.cc).
+    config.write_text(_config_text({"half": models / "half"}))
+    grpc_port, rest_port = free_port(), free_port()
+    log = tmp_path / "server.log"
+    command = [sys.executable, "-m", "tfship", "model-server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+               f"--grpc_socket_path={socket_path}", f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=0",
+               "--file_system_poll_wait_seconds=1", "--saved_model_tags=serve", "--rest_api_timeout_in_ms=20000",
+               "--rest_api_num_threads=2", "--grpc_channel_arguments=grpc.max_connection_age_ms=60000",
+               "--grpc_max_threads=16", "--enable_model_warmup=true", "--num_request_iterations_for_warmup=2",
+               "--enable_grpc_healthcheck_service", "--enable_signature_method_name_check=false",
+               "--max_num_load_retries=0", "--load_retry_interval_micros=0", "--tensorflow_intra_op_parallelism=1",
+               "--tensorflow_inter_op_parallelism=1", "--xla_cpu_compilation_enabled=true",
+               "--per_process_gpu_memory_fraction=0.5", "--tfship_drain_seconds=5"]
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, "TFSHIP_PUBLIC_KEY": ""})
+    try:
+        wait_until(lambda: process.poll() is not None or _health(grpc_port) == "SERVING", 120,
+                   "the server's health SERVING")
+        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+        _, y = _predict(0, "half", np.array([[6.0]], np.float32), target=f"unix:{socket_path}")
+        np.testing.assert_allclose(y, [[5.0]])
+        _, y = _predict(grpc_port, "half", np.array([[6.0]], np.float32))
+        np.testing.assert_allclose(y, [[5.0]])
+        config.write_text(_config_text({"half": models / "half", "matmul": models / "matmul"}))
+        time.sleep(2.5)
+        status, body = _get(f"http://127.0.0.1:{rest_port}/v1/ready")
+        assert status == 200 and list(body["models"]) == ["half"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(60)
+    text = log.read_text(errors="replace")
+    assert code == 0, text[-3000:]
+    for flag in ("--xla_cpu_compilation_enabled", "--per_process_gpu_memory_fraction"):
+        assert text.count(f"{flag} has no meaning for tfship's engine") == 1, text[-3000:]
+
+
+def test_version_and_tf_serving_words_for_bad_input(tmp_path):
+    # main.cc --version: "TensorFlow ModelServer: ..." then "TensorFlow Library: ..."
+    result = run_cli("model-server", "--version")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("TensorFlow ModelServer: tfship ") and lines[1].startswith("TensorFlow Library: 2.")
+    # A config file that does not parse: protobuf's text-format message as tensorflow_model_server logs it.
+    config = tmp_path / "models.config"
+    config.write_text("model_config_list { config { nme: 'x' } }\n")
+    result = run_cli("model-server", f"--model_config_file={config}", f"--port={free_port()}")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") <= 2, result.stderr
+    assert "Error parsing text-format tensorflow.serving.ModelServerConfig: 1:30:" in result.stderr
+    assert 'has no field named "nme"' in result.stderr and str(config) in result.stderr
+    # --grpc_socket_path with --port=0: gRPC on the socket alone is allowed; neither is an error (server.cc).
+    result = run_cli("model-server", "--port=0", "--model_base_path=/x")
+    assert result.exit_code == 2
+    assert "At least one of server_options.grpc_port or server_options.grpc_socket_path must be set" in result.stderr
