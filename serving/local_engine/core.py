@@ -152,16 +152,19 @@ class EngineCore:
             raise invalid(f"Failed to parse warmup record from {servable.path}") from None
         kind = log_entry.WhichOneof("log_type")
         check = self.options.method_name_check
+        # The replay goes through the same calls as requests (saved_model_warmup.cc calls RunPredict,
+        # RunClassify, ...), so runtime_latency counts it as TF Serving's does.
         if kind == "predict_log":
             request = log_entry.predict_log.request
             entry = predict.signature_of(servable, request.model_spec.signature_name)
             arrays = predict.decode_inputs(entry, dict(request.inputs))
-            predict.run_signature(entry, arrays)
+            self.run_timed(servable, entry, arrays, "Predict")
         elif kind == "classify_log":
-            inference.classify(servable, log_entry.classify_log.request, predict.run_signature, method_check=check)
+            inference.classify(servable, log_entry.classify_log.request, self._runner(servable, "Classify"), method_check=check)
         elif kind == "regress_log":
-            inference.regress(servable, log_entry.regress_log.request, predict.run_signature, method_check=check)
+            inference.regress(servable, log_entry.regress_log.request, self._runner(servable, "Regress"), method_check=check)
         elif kind == "multi_inference_log":
-            inference.multi_inference(servable, log_entry.multi_inference_log.request, predict.run_signature, method_check=check)
+            inference.multi_inference(servable, log_entry.multi_inference_log.request, self._runner(servable, "MultiInference"),
+                                      method_check=check)
         else:
             raise invalid(f"Unsupported log_type for warmup: {kind}")

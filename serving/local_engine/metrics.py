@@ -196,6 +196,11 @@ class Metrics:
     def _family(self, tf_name: str) -> _Family:
         return self._families[_prometheus_name(tf_name)]
 
+    def serves(self, model: str) -> None:
+        """``model`` is configured: it gets a model_name label of its own from now on (warmup included)."""
+        with self._lock:
+            self._models.add(model)
+
     def model_label(self, model: str) -> str:
         """The model_name label for ``model``: its name once the engine loaded (or failed to load) a version
         of it, else ``<unknown>``."""

@@ -315,6 +315,8 @@ class ModelManager:
                         del states[version]
 
     def _load(self, config: ModelConfig, version: int, path: Path) -> None:
+        if self._metrics:
+            self._metrics.serves(config.name)
         state = VersionState(version, LOADING, path)
         with self._lock:
             self._states[config.name][version] = state
