@@ -1,15 +1,20 @@
-"""The official tensorflow/serving container, started with the Docker SDK.
+"""The official tensorflow/serving container (or tfship's own server image), started with the Docker SDK.
 
 The container sees the repository read-only at /models, reads the generated models.config from there,
 and polls it (and the version directories) for changes. Its entrypoint already passes --port=8500
 --rest_api_port=8501 --model_name --model_base_path; the flags below are appended after the image.
+An image labelled ``org.tfship.model-server`` (docker/model-server.Dockerfile) runs tfship's server: it also
+gets --enable_grpc_healthcheck_service, which the official image's older releases refuse as unknown.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import logging
+import re
+import socket
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -29,6 +34,12 @@ CONFIG_POLL_SECONDS = 60
 CONTAINER_KEY_FILE = "container-public-key.pem"
 CONTAINER_KEY_PATH = "/etc/tfship/public_key.pem"
 MAX_PUBLIC_KEY_BYTES = 1 << 16
+# docker/model-server.Dockerfile sets it: the image runs tfship-model-server (grpc.health.v1, /v1/ready).
+TFSHIP_SERVER_LABEL = "org.tfship.model-server"
+# What the engine answers when a host port is taken: by another process (the userland proxy cannot listen) or
+# by another container ("port is already allocated"); both name the host address and port.
+_PORT_IN_USE = re.compile(r"(?:listen tcp[46]? |Bind for )\[?([0-9a-fA-F.:]*?)\]?:(\d+)(?::| failed).*?"
+                          r"(?:address already in use|port is already allocated)", re.DOTALL)
 
 
 def default_image_tag(repo: Path | None = None, gpu: bool = False) -> str:
@@ -58,9 +69,11 @@ def container_name(repo: Path) -> str:
 
 
 def server_flags(*, batching: bool, ssl: bool, monitoring: bool = True, intra_op_threads: int = 0,
-                 inter_op_threads: int = 0) -> list[str]:
+                 inter_op_threads: int = 0, health_service: bool = False) -> list[str]:
     flags = [f"--model_config_file={CONTAINER_ROOT}/{MODELS_CONFIG}",
              f"--model_config_file_poll_wait_seconds={CONFIG_POLL_SECONDS}"]
+    if health_service:
+        flags.append("--enable_grpc_healthcheck_service=true")
     if batching:
         flags += ["--enable_batching=true", f"--batching_parameters_file={CONTAINER_ROOT}/{BATCHING_CONFIG}"]
     if monitoring:
@@ -116,11 +129,12 @@ def container_key_copy(repo: Path, public_key: Path) -> Path:
 def container_spec(repo: Path, *, grpc_port: int = 8500, rest_port: int = 8501, batching: bool = False,
                    ssl: bool = False, gpu: bool = False, image: str | None = None, host: str = "127.0.0.1",
                    intra_op_threads: int = 0, inter_op_threads: int = 0, model_name: str | None = None,
-                   public_key: Path | None = None) -> ContainerSpec:
-    """What to run. ``model_name``: a served model, for the image's MODEL_NAME (tfship-model-server's
-    HEALTHCHECK asks for /v1/models/$MODEL_NAME; with --model_config_file TF Serving ignores the entrypoint's
-    --model_name). ``public_key``: mounted read-only and named by TFSHIP_PUBLIC_KEY, so tfship's image
-    verifies every version again when it loads it (the official image ignores both)."""
+                   public_key: Path | None = None, tfship_server: bool = False) -> ContainerSpec:
+    """What to run. ``model_name``: a served model, for the image's MODEL_NAME (the entrypoint passes it as
+    --model_name, which --model_config_file overrides; the compose file's health check falls back to it on the
+    official image). ``public_key``: mounted read-only and named by TFSHIP_PUBLIC_KEY, so tfship's image
+    verifies every version again when it loads it (the official image ignores both). ``tfship_server``: the
+    image runs tfship's server (its ``org.tfship.model-server`` label): grpc.health.v1 is turned on."""
     repo = Path(repo).resolve()
     volumes = {str(repo): {"bind": CONTAINER_ROOT, "mode": "ro"}}
     environment = {"MODEL_BASE_PATH": CONTAINER_ROOT}
@@ -132,7 +146,8 @@ def container_spec(repo: Path, *, grpc_port: int = 8500, rest_port: int = 8501, 
     return ContainerSpec(
         image=image or default_image_tag(repo, gpu),
         name=container_name(repo),
-        command=server_flags(batching=batching, ssl=ssl, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads),
+        command=server_flags(batching=batching, ssl=ssl, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
+                             health_service=tfship_server),
         ports={"8500/tcp": (host, grpc_port), "8501/tcp": (host, rest_port)},
         volumes=volumes,
         environment=environment,
@@ -171,6 +186,21 @@ class DockerLauncher:
     def __init__(self, client: Any) -> None:
         self.client = client
 
+    def ensure_image(self, image: str) -> dict[str, str]:
+        """The image's labels, pulling it first when the engine does not have it."""
+        docker = _sdk()
+        try:
+            found = self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            log.info("pulling %s (first run only)", image)
+            try:
+                found = self.client.images.pull(image)
+            except docker.errors.APIError as exc:
+                raise ServerUnavailable(f"cannot pull {image}: {exc}") from exc
+        except docker.errors.APIError as exc:
+            raise ServingError(f"Docker engine error: {exc}") from exc
+        return dict(found.labels or {})
+
     def start(self, spec: ContainerSpec) -> Any:
         docker = _sdk()
         try:
@@ -181,20 +211,15 @@ class DockerLauncher:
             raise ServingError(f"Docker engine error: {exc}") from exc
         if existing is not None:
             existing.remove(force=True)
-        try:
-            self.client.images.get(spec.image)
-        except docker.errors.ImageNotFound:
-            log.info("pulling %s (first run only)", spec.image)
-            try:
-                self.client.images.pull(spec.image)
-            except docker.errors.APIError as exc:
-                raise ServerUnavailable(f"cannot pull {spec.image}: {exc}") from exc
+        self.ensure_image(spec.image)
         try:
             return self.client.containers.run(**spec.run_kwargs())
         except docker.errors.APIError as exc:
             # docker run = create + start: a failed start leaves a created container behind.
             self.remove(spec.name)
-            raise ServerUnavailable(f"cannot start {spec.image}: {exc.explanation or exc}") from exc
+            explanation = str(exc.explanation or exc)
+            raise ServerUnavailable(port_in_use(explanation, spec.ports)
+                                    or f"cannot start {spec.image}: {first_line(explanation)}") from exc
 
     def logs(self, name: str, tail: int = 60) -> str:
         try:
@@ -225,14 +250,59 @@ class DockerLauncher:
         return True
 
     def running(self, name: str) -> bool:
-        """Up and never restarted: TF Serving exits when its models fail to load, and the restart
-        policy would bring it back, so a restart means it failed."""
+        """Up now, restarts included: the engine that serves the repository (``serve status``, ``reload``).
+
+        A container the restart policy brought back after its server died is running again; one between
+        two attempts (``restarting``) is not."""
+        container = self._container(name)
+        return container is not None and container.status == "running"
+
+    def started_cleanly(self, name: str) -> bool:
+        """Up and never restarted, for ``serve up``'s wait: TF Serving exits when its models fail to load,
+        and the restart policy would bring it back, so a restart during the wait means it failed."""
+        container = self._container(name)
+        return container is not None and container.status == "running" and not container.attrs.get("RestartCount", 0)
+
+    def _container(self, name: str) -> Any:
         docker = _sdk()
         try:
-            container = self.client.containers.get(name)
+            return self.client.containers.get(name)
         except docker.errors.NotFound:
-            return False
-        return container.status == "running" and not container.attrs.get("RestartCount", 0)
+            return None
+
+
+def port_in_use(explanation: str, ports: dict[str, tuple[str, int]]) -> str | None:
+    """One line naming the taken host port and the option that chose it, when that is why a start failed."""
+    match = _PORT_IN_USE.search(explanation)
+    if match is None:
+        return None
+    port = int(match.group(2))
+    options = {"8500/tcp": "--grpc-port", "8501/tcp": "--rest-port"}
+    chosen = [(options.get(key, key), host) for key, (host, host_port) in ports.items() if host_port == port]
+    option, host = chosen[0] if chosen else ("--grpc-port or --rest-port", match.group(1))
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"cannot start the container: {where} is already in use on this host (choose another with {option})"
+
+
+def check_ports_free(spec: ContainerSpec) -> None:
+    """Refuse, in one line, a host port something already listens on, before a container is created.
+
+    The engine refuses it too when its userland proxy binds the port (``port_in_use`` reads that answer);
+    with the proxy turned off (``"userland-proxy": false``) it would start the container and the other
+    listener would keep the port's local traffic, so the check is made here for both setups.
+    """
+    for key, (host, port) in spec.ports.items():
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # SO_REUSEADDR: a port left in TIME_WAIT is free for the engine too; a listening one is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host.strip("[]"), port))
+            except OSError as exc:
+                message = port_in_use(f"listen tcp {host}:{port}: bind: address already in use", {key: (host, port)})
+                if exc.errno == errno.EADDRINUSE and message:
+                    raise ServerUnavailable(message) from None
+                log.debug("cannot probe %s:%d (%s); the engine decides", host, port, exc)
 
 
 def serve_in_container(options: ServeOptions, generated: GeneratedConfig) -> dict[str, Any]:
@@ -246,20 +316,23 @@ def serve_in_container(options: ServeOptions, generated: GeneratedConfig) -> dic
         raise ServerUnavailable(f"--engine docker: no Docker engine answered ({engine_problem()}); "
                                 f"start Docker, or use --engine local")
     launcher = DockerLauncher(client)
+    image = options.image or default_image_tag(options.repo, options.gpu)
+    tfship_server = TFSHIP_SERVER_LABEL in launcher.ensure_image(image)
     spec = container_spec(options.repo, grpc_port=options.grpc_port, rest_port=options.rest_port,
                           batching=generated.batching_config is not None, ssl=generated.ssl_config is not None,
-                          gpu=options.gpu, image=options.image, host=options.host,
+                          gpu=options.gpu, image=image, host=options.host,
                           intra_op_threads=options.intra_op_threads, inter_op_threads=options.inter_op_threads,
-                          model_name=min(generated.models),
+                          model_name=min(generated.models), tfship_server=tfship_server,
                           public_key=(container_key_copy(options.repo, options.public_key)
                                       if options.public_key is not None and not options.allow_unsigned else None))
+    check_ports_free(spec)
     launcher.start(spec)
     try:
         write_state(options.repo, EngineState(engine="docker", container=spec.name, image=spec.image, host=options.host,
                                               grpc_port=options.grpc_port, rest_port=options.rest_port,
                                               models=generated.models, tls=bool(generated.ssl_config)))
         statuses = wait_ready(address(options.host, options.grpc_port), generated.models, timeout=options.timeout,
-                              alive=lambda: launcher.running(spec.name), tls_root=options.tls_root())
+                              alive=lambda: launcher.started_cleanly(spec.name), tls_root=options.tls_root())
     except (ServerUnavailable, KeyboardInterrupt) as exc:
         logs = launcher.logs(spec.name)
         launcher.remove(spec.name)

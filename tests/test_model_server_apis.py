@@ -40,7 +40,7 @@ def _stub(engine):
     return channel, prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
 
-class _TF2(object):
+class _TF2:
     """A TF2 model whose classify/regress signatures are saved with the predict method name (tf.saved_model.save)."""
 
     @staticmethod

@@ -252,3 +252,48 @@ def test_version_and_tf_serving_words_for_bad_input(tmp_path):
     result = run_cli("model-server", "--port=0", "--model_base_path=/x")
     assert result.exit_code == 2
     assert "At least one of server_options.grpc_port or server_options.grpc_socket_path must be set" in result.stderr
+
+
+def test_rest_requests_that_outlast_rest_api_timeout_in_ms_get_deadline_exceeded(models, tmp_path):
+    # A batch that waits 3 s for company (batch_timeout_micros) outlasts a 300 ms REST timeout; TF Serving
+    # runs REST calls with RunOptions.timeout_in_ms = --rest_api_timeout_in_ms (http_rest_api_handler.cc).
+    parameters = tmp_path / "batching.txt"
+    parameters.write_text("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 3000000 }\nnum_batch_threads { value: 1 }\n")
+    engine, _ = _engine(tmp_path, {"half": models / "half"}, enable_batching=True, batching_parameters_file=parameters,
+                        rest_api_timeout_in_ms=300)
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{engine.rest_port}/v1/models/half:predict",
+                                         data=json.dumps({"instances": [[1.0]]}).encode(), method="POST")
+        started = time.monotonic()
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=30)
+        assert time.monotonic() - started < 2.5
+        assert caught.value.code == 504
+        assert "--rest_api_timeout_in_ms (300 ms)" in json.loads(caught.value.read())["error"]
+    finally:
+        engine.stop(grace=1)
+
+
+def test_per_model_batching_parameters_come_from_each_version_directory(models, tmp_path):
+    import shutil
+
+    # bundle_factory_util.cc GetPerModelBatchingParams: with the flag, a version's batching_params.pbtxt gives
+    # its parameters; a version without one is not batched; the global file's parameters are ignored.
+    half = tmp_path / "half"
+    shutil.copytree(models / "half", half)
+    (half / "00000123" / "batching_params.pbtxt").write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 1500000 }\n")
+    parameters = tmp_path / "global.txt"
+    parameters.write_text("max_batch_size { value: 1 }\nbatch_timeout_micros { value: 0 }\n")
+    engine, _ = _engine(tmp_path, {"half": half, "matmul": models / "matmul"}, enable_batching=True,
+                        batching_parameters_file=parameters, enable_per_model_batching_parameters=True)
+    try:
+        started = time.monotonic()
+        _predict(engine.grpc_port, "matmul", np.ones((2, 3), np.float32))  # not batched: no wait at all
+        assert time.monotonic() - started < 1.0
+        started = time.monotonic()
+        # Two rows fit the per-model max_batch_size of 8 (the global 1 would refuse them) and wait for company.
+        _, y = _predict(engine.grpc_port, "half", np.array([[2.0], [4.0]], np.float32))
+        assert time.monotonic() - started >= 1.4
+        np.testing.assert_allclose(y, [[3.0], [4.0]])
+    finally:
+        engine.stop(grace=1)

@@ -49,6 +49,7 @@ class _Queue:
     run: Runner
     model_name: str
     key: tuple
+    options: BatchingOptions
     tasks: list[_Task] = field(default_factory=list)
     pending_rows: int = 0
     timer: asyncio.TimerHandle | None = None
@@ -79,31 +80,35 @@ class Batcher:
         """Queues holding tasks now (each for one model version, signature and input shapes)."""
         return len(self._queues)
 
-    async def submit(self, key: tuple, model_name: str, arrays: dict[str, np.ndarray], size: int, run: Runner) -> dict[str, np.ndarray]:
+    async def submit(self, key: tuple, model_name: str, arrays: dict[str, np.ndarray], size: int, run: Runner,
+                     options: BatchingOptions | None = None) -> dict[str, np.ndarray]:
+        """Queue one task; ``options``: the servable's own batching parameters (--enable_per_model_batching_parameters:
+        batching_params.pbtxt), whose threads are still this batcher's shared ones (bundle_factory_util.cc)."""
+        opts = options or self.options
         if self._metrics is not None:
             # batching_session.cc ComputeInputSize records each input tensor's 0th dimension before
             # the scheduler checks the task's size.
             for value in arrays.values():
                 self._metrics.input_batch(value.shape[0] if value.ndim else 0)
-        if size > self.options.max_batch_size:
-            raise invalid(f"Task size {size} is larger than maximum input batch size {self.options.max_batch_size}")
-        if self._enqueued >= self.options.max_enqueued_batches * self.options.max_batch_size:
+        if size > opts.max_batch_size:
+            raise invalid(f"Task size {size} is larger than maximum input batch size {opts.max_batch_size}")
+        if self._enqueued >= opts.max_enqueued_batches * opts.max_batch_size:
             raise EngineError(grpc.StatusCode.UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full")
         loop = asyncio.get_running_loop()
         shapes = tuple((name, arrays[name].shape[1:], arrays[name].dtype.str) for name in sorted(arrays))
         queue_key = key + (shapes,)
         queue = self._queues.get(queue_key)
         if queue is None:
-            queue = self._queues[queue_key] = _Queue(run, model_name, queue_key)
+            queue = self._queues[queue_key] = _Queue(run, model_name, queue_key, opts)
         task = _Task(arrays, size, loop.create_future(), time.perf_counter())
         queue.tasks.append(task)
         queue.pending_rows += size
         self._enqueued += 1
         self._count_waiting(model_name, 1)
-        if queue.pending_rows >= self.options.max_batch_size:
+        if queue.pending_rows >= opts.max_batch_size:
             self._dispatch(queue)
         elif queue.timer is None and not queue.due:
-            queue.timer = loop.call_later(self.options.batch_timeout_micros / 1e6, self._timeout, queue)
+            queue.timer = loop.call_later(opts.batch_timeout_micros / 1e6, self._timeout, queue)
         return await task.future
 
     def _count_waiting(self, model_name: str, change: int) -> None:
@@ -127,9 +132,9 @@ class Batcher:
     def _dispatch(self, queue: _Queue) -> None:
         """Start batches from ``queue`` while a batch thread is free and a batch is full or due."""
         loop = asyncio.get_running_loop()
-        while self._free_threads > 0 and queue.tasks and (queue.due or queue.pending_rows >= self.options.max_batch_size):
+        while self._free_threads > 0 and queue.tasks and (queue.due or queue.pending_rows >= queue.options.max_batch_size):
             batch, rows = [], 0
-            while queue.tasks and rows + queue.tasks[0].size <= self.options.max_batch_size:
+            while queue.tasks and rows + queue.tasks[0].size <= queue.options.max_batch_size:
                 task = queue.tasks.pop(0)
                 batch.append(task)
                 rows += task.size
@@ -155,7 +160,7 @@ class Batcher:
                 del self._queues[queue.key]
 
     async def _execute(self, queue: _Queue, batch: list[_Task], rows: int) -> None:
-        target = next((s for s in self.options.allowed_batch_sizes if s >= rows), rows)
+        target = next((s for s in queue.options.allowed_batch_sizes if s >= rows), rows)
         merged = {name: np.concatenate([t.arrays[name] for t in batch]) if len(batch) > 1 else batch[0].arrays[name]
                   for name in batch[0].arrays}
         if self._metrics is not None:
@@ -173,7 +178,7 @@ class Batcher:
         finally:
             self._free_threads += 1
             for waiting in list(self._queues.values()):
-                if waiting.tasks and (waiting.due or waiting.pending_rows >= self.options.max_batch_size):
+                if waiting.tasks and (waiting.due or waiting.pending_rows >= waiting.options.max_batch_size):
                     self._dispatch(waiting)
         if self._on_batch:
             self._on_batch(queue.model_name, target, len(batch))

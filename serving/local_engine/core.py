@@ -51,11 +51,12 @@ class EngineCore:
 
     async def run_async(self, servable: Servable, entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         size = predict.batch_size(arrays)
-        if self.batcher is not None and size is not None:
+        if self.batcher is not None and size is not None and servable.batched:
             # id(entry): the queue's runner holds ``entry``, so the id cannot be reused by another servable's
             # signature while a queue for it exists (a reloaded version is a new entry, hence a new queue).
             return await self.batcher.submit((servable.name, servable.version, entry.key, id(entry)), servable.name,
-                                             arrays, size, lambda merged: predict.run_signature(entry, merged))
+                                             arrays, size, lambda merged: self.run_timed(servable, entry, merged, "Predict"),
+                                             options=servable.batching)
         return await asyncio.get_running_loop().run_in_executor(self.model_pool, self.run_timed, servable, entry, arrays, "Predict")
 
     def run_timed(self, servable: Servable, entry: SignatureEntry, arrays: dict[str, np.ndarray], api: str) -> dict[str, np.ndarray]:

@@ -70,6 +70,7 @@ class LoadOptions:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     method_name_check: bool = False  # --enable_signature_method_name_check
+    per_model_batching: bool = False  # --enable_per_model_batching_parameters
     allow_labels_for_unavailable: bool = False  # --allow_version_labels_for_unavailable_models
 
 
@@ -101,6 +102,10 @@ class Servable:
     path: Path
     loaded: Any
     signatures: dict[str, SignatureEntry]
+    # --enable_per_model_batching_parameters: this version's batching_params.pbtxt, or no batching at all
+    # when it has none (bundle_factory_util.cc GetPerModelBatchingParams). Without the flag: the server's.
+    batching: Any = None  # BatchingOptions | None
+    batched: bool = True
 
 
 @dataclass
@@ -329,6 +334,8 @@ class ModelManager:
                     raise EngineError(grpc.StatusCode.FAILED_PRECONDITION, f"signature check failed for {path}: {problem}")
             loaded, signatures = self._load_with_retries(config.name, version, path)
             servable = Servable(config.name, version, path, loaded, signatures)
+            if self.options.per_model_batching:
+                servable.batching, servable.batched = self._per_model_batching(path)
             warmup_started = time.perf_counter()
             try:
                 self._warmup(servable)
@@ -349,6 +356,21 @@ class ModelManager:
         if self._metrics:
             self._metrics.load(config.name, version, "ok", time.perf_counter() - started, warmup_seconds,
                                path=str(path))
+
+    @staticmethod
+    def _per_model_batching(path: Path) -> tuple[Any, bool]:
+        """bundle_factory_util.cc: kBatchingParamsFilename = "batching_params.pbtxt" in the version directory;
+        absent, the version is not batched; unparsable, the load fails."""
+        from tfship.core.errors import UsageError
+        from tfship.serving.config import BatchingOptions
+
+        file = path / "batching_params.pbtxt"
+        if not file.is_file():
+            return None, False
+        try:
+            return BatchingOptions.from_file(file), True
+        except (UsageError, ValueError) as exc:
+            raise invalid(f"Invalid protobuf file: '{file}': {getattr(exc, 'message', exc)}") from None
 
     def _load_with_retries(self, name: str, version: int, path: Path) -> tuple[Any, dict[str, SignatureEntry]]:
         """TF Serving's --max_num_load_retries / --load_retry_interval_micros: a failed load is tried again."""
