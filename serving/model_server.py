@@ -137,16 +137,21 @@ def model_server_config(flags: ServerFlags) -> Any:
     return config
 
 
-def check_monitoring_config(path: Path) -> None:
-    """The engine always exports TF Serving's metrics on the REST port; the file must still parse."""
+def metrics_path(path: Path | None) -> str:
+    """Where the REST port exports metrics: the MonitoringConfig's prometheus_config.path, or TF Serving's
+    default. (The engine exports them even without the file, where TF Serving exports none.)"""
     from google.protobuf import text_format
 
+    from tfship.serving.config import PROMETHEUS_PATH
     from tfship.serving.config_protos import MonitoringConfig
 
+    if path is None:
+        return PROMETHEUS_PATH
     try:
-        text_format.Parse(path.read_text(encoding="utf-8"), MonitoringConfig())
+        config = text_format.Parse(path.read_text(encoding="utf-8"), MonitoringConfig())
     except (OSError, UnicodeDecodeError, text_format.ParseError) as exc:
         raise UsageError(f"--monitoring_config_file={path}: not a readable MonitoringConfig text proto: {exc}") from None
+    return config.prometheus_config.path or PROMETHEUS_PATH
 
 
 def build_engine(flags: ServerFlags) -> LocalEngine:
@@ -159,8 +164,6 @@ def build_engine(flags: ServerFlags) -> LocalEngine:
     from tfship.serving.local_engine.server import GrpcOptions, parse_channel_arguments
 
     configs = configs_from_proto(model_server_config(flags))
-    if flags.monitoring_config_file:
-        check_monitoring_config(flags.monitoring_config_file)
     batching = None
     if flags.enable_batching:
         batching = cfg.BatchingOptions.from_file(flags.batching_parameters_file) if flags.batching_parameters_file else cfg.BatchingOptions()
@@ -185,7 +188,7 @@ def build_engine(flags: ServerFlags) -> LocalEngine:
         allow_labels_for_unavailable=flags.allow_version_labels_for_unavailable_models,
         per_model_batching=flags.enable_batching and flags.enable_per_model_batching_parameters)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    rest_limits = RestLimits(parse_threads=flags.rest_api_num_threads or 4 * cpus,
+    rest_limits = RestLimits(parse_threads=flags.rest_api_num_threads or 4 * cpus, metrics_path=metrics_path(flags.monitoring_config_file),
                              request_timeout=flags.rest_api_timeout_in_ms / 1000 if flags.rest_api_timeout_in_ms > 0 else None)
     grpc_options = GrpcOptions(socket_path=flags.grpc_socket_path,
                                channel_arguments=parse_channel_arguments(flags.grpc_channel_arguments),

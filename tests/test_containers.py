@@ -9,16 +9,22 @@ the container answers over gRPC through the mapped port.
 
 from __future__ import annotations
 
+import calendar
 import importlib
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import ROOT, copy_repo, free_port, run_cli
 
@@ -288,3 +294,254 @@ def test_verify_then_serve_dockerfile_refuses_a_tampered_version_and_builds_a_si
     context.mkdir()
     accepted = _build_verified_image(_verified_image_context(signed, keys["public"], context), tag)
     assert accepted.returncode == 0, accepted.stdout[-3000:] + accepted.stderr[-2000:]
+
+
+# --- tfship serve up --engine docker with tfship's own server image ----------------------------------------
+
+SERVE_UP_TIMEOUT = "240"
+
+
+@pytest.fixture
+def served(docker_client: Any) -> Iterator[Callable[[Path], Path]]:
+    """Repositories a test serves with ``tfship serve up --engine docker``: their containers are removed afterwards
+    whatever happened (serve down in the test is what is tested; this is the safety net)."""
+    from tfship.serving.docker_engine import container_name
+
+    repos: list[Path] = []
+
+    def serve(repo: Path) -> Path:
+        repos.append(repo)
+        return repo
+
+    yield serve
+    for repo in repos:
+        for container in docker_client.containers.list(all=True, filters={"name": container_name(repo)}):
+            print(f"cleanup: {container.name}")
+            container.remove(force=True, v=True)
+
+
+def _serve_up(repo: Path, grpc_port: int, rest_port: int, *args: Any) -> Any:
+    return run_cli("serve", "up", "--repo", repo, "--engine", "docker", "--image", SERVER_IMAGE, "--grpc-port", grpc_port,
+                   "--rest-port", rest_port, "--timeout", SERVE_UP_TIMEOUT, *args)
+
+
+def _left_behind(docker_client: Any, repo: Path) -> list[str]:
+    label = f"tfship.repository={repo.resolve()}"
+    return [c.name for c in docker_client.containers.list(all=True, filters={"label": label})]
+
+
+def _golden(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    data = np.load(path)
+    return data["inputs/image"], data["outputs/probabilities"]
+
+
+def _served_states(repo: Path) -> dict[int, str]:
+    """What the server in the container reports (GetModelStatus, through ``serve status``)."""
+    status = run_cli("serve", "status", "--repo", repo, "--json")
+    assert status.exit_code == 0, status.stderr
+    data = json.loads(status.stdout)["data"]
+    assert data["running"], data
+    return {s["version"]: s["state"] for s in data["models"]["digits"]}
+
+
+def _pinned(repo: Path) -> list[int]:
+    from tfship.serving.config import read_model_server_config
+
+    (model,) = read_model_server_config(repo / "models.config").model_config_list.config
+    return list(model.model_version_policy.specific.versions)
+
+
+def test_server_image_is_healthy_only_when_every_configured_model_is_available(images, signed_repo, tmp_path,
+                                                                                docker_client, containers):
+    """The HEALTHCHECK asks /v1/ready, not MODEL_NAME's status alone: a second model that never loads keeps it failing."""
+    from tfship.serving.readiness import wait_ready
+
+    repo = _readable(copy_repo(signed_repo["repo"], tmp_path / "models"))
+    (repo / "models.config").write_text(
+        'model_config_list {\n'
+        '  config { name: "mnist" base_path: "/models/digits" model_platform: "tensorflow" }\n'
+        '  config { name: "missing" base_path: "/models/missing" model_platform: "tensorflow" }\n'
+        '}\n')
+    grpc_port, rest_port = free_port(), free_port()
+    container = _run_server(docker_client, containers, repo, grpc_port, rest_port, env={"MODEL_NAME": "mnist"},
+                            command=["--model_config_file=/models/models.config"])
+    # MODEL_NAME's model is served (the former check, GET /v1/models/$MODEL_NAME, would pass now) ...
+    wait_ready(f"127.0.0.1:{grpc_port}", {"mnist": []}, timeout=HEALTHY_WITHIN)
+    served_at = time.time()
+
+    def probes_since_served() -> list[dict[str, Any]]:
+        container.reload()
+        log = (container.attrs["State"].get("Health") or {}).get("Log") or []
+        # Docker's timestamps carry nanoseconds: seconds are enough here.
+        return [p for p in log if calendar.timegm(time.strptime(p["Start"][:19], "%Y-%m-%dT%H:%M:%S")) > served_at]
+
+    from engine_helpers import wait_until
+
+    probes = wait_until(probes_since_served, 60, "a health probe after the model was AVAILABLE", poll=1)
+    # ... but the image's own check fails, and says which model is not ready.
+    assert probes[-1]["ExitCode"] == 1, probes
+    assert "missing" in probes[-1]["Output"], probes
+
+
+def test_serve_up_with_a_version_that_cannot_load_shows_the_log_and_leaves_nothing(images, signed_repo, keys, tmp_path,
+                                                                                   docker_client, served):
+    repo = served(copy_repo(signed_repo["repo"], tmp_path / "models"))
+    broken = repo / "digits" / "3"
+    shutil.copytree(repo / "digits" / "2", broken)
+    (broken / "model.sig").unlink()
+    (broken / "saved_model.pb").write_bytes(b"\x08\x01 not a SavedModel protocol buffer")
+    # Signed: the gate (and the server's own check with the mounted key) let it through; loading it fails.
+    signed = run_cli("sign", broken, "--key", keys["private"])
+    assert signed.exit_code == 0, signed.stderr
+    _readable(repo)
+    up = _serve_up(repo, free_port(), free_port(), "--public-key", keys["public"])  # latest:1 is version 3
+    assert up.exit_code == 4, up.stdout + up.stderr
+    assert "--- container log" in up.stderr, up.stderr
+    # The container's own log, not only tfship's summary: the server's lines about loading version 3.
+    log = up.stderr.split("--- container log", 1)[1]
+    assert "digits" in log and "3" in log and "saved_model.pb" in log, up.stderr
+    assert _left_behind(docker_client, repo) == []
+    assert not (repo / ".tfship-run" / "engine.json").exists()
+
+
+def test_serve_up_on_a_taken_port_says_so_in_one_line_and_leaves_nothing(images, signed_repo, keys, tmp_path,
+                                                                          docker_client, served):
+    repo = served(_readable(copy_repo(signed_repo["repo"], tmp_path / "models")))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        up = _serve_up(repo, free_port(), port, "--public-key", keys["public"])
+    assert up.exit_code == 4, up.stdout + up.stderr
+    assert up.stderr.strip().splitlines()[-1].endswith(
+        f"127.0.0.1:{port} is already in use on this host (choose another with --rest-port)"), up.stderr
+    assert "Traceback" not in up.stderr
+    assert _left_behind(docker_client, repo) == []
+    assert not (repo / ".tfship-run" / "engine.json").exists()
+
+
+def test_the_engines_own_refusal_of_a_taken_port_is_one_line_and_leaves_no_container(images, signed_repo, tmp_path,
+                                                                                      docker_client):
+    """When the engine is the one to find the port taken (a race with the check, or another container's port),
+    its answer is read the same way: the real engine's message, not one this code made up."""
+    from tfship.core.errors import ServerUnavailable
+    from tfship.serving.docker_engine import DockerLauncher, container_spec
+
+    repo = copy_repo(signed_repo["repo"], tmp_path / "models")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        spec = container_spec(repo, grpc_port=port, rest_port=free_port(), image=SERVER_IMAGE)
+        with pytest.raises(ServerUnavailable) as refused:
+            DockerLauncher(docker_client).start(spec)
+    assert refused.value.message == (f"cannot start the container: 127.0.0.1:{port} is already in use on this host "
+                                     f"(choose another with --grpc-port)")
+    assert _left_behind(docker_client, repo) == []
+
+
+def test_docker_restarts_a_killed_server_and_a_retrying_client_gets_every_answer(images, signed_repo, keys, tmp_path,
+                                                                                  docker_client, served):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tfship.client.grpc_client import ServingClient
+    from tfship.serving.docker_engine import container_name
+
+    repo = served(_readable(copy_repo(signed_repo["repo"], tmp_path / "models")))
+    grpc_port = free_port()
+    up = _serve_up(repo, grpc_port, free_port(), "--public-key", keys["public"])
+    assert up.exit_code == 0, up.stderr
+    container = docker_client.containers.get(container_name(repo))
+    # serve up knows the image is tfship's (its label) and turns grpc.health.v1 on, as for the local engine.
+    assert "--enable_grpc_healthcheck_service=true" in container.attrs["Args"]
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="digits"), timeout=30)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    inputs, expected = _golden(repo / "digits" / "2" / "golden.npz")
+
+    answers: list[tuple[float, np.ndarray]] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def ask() -> None:  # a client calling all along, with tfship's retry policy and a deadline that spans a restart
+        with ServingClient(f"127.0.0.1:{grpc_port}", timeout=float(SERVE_UP_TIMEOUT)) as client:
+            while not stop.is_set():
+                try:
+                    answers.append((time.monotonic(), client.predict({"image": inputs}, "digits")["probabilities"]))
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+                stop.wait(0.05)
+
+    caller = threading.Thread(target=ask, name="retrying-client")
+    caller.start()
+    try:
+        from engine_helpers import wait_until
+
+        wait_until(lambda: answers, 60, "a first answer")
+        container.reload()
+        assert container.attrs["RestartCount"] == 0
+        # The server dies as on an OOM kill: SIGKILL from outside the container, not `docker kill` (which Docker
+        # counts as a manual stop, so no restart policy applies) and not from inside (PID 1 of its own PID
+        # namespace ignores a SIGKILL sent from within it).
+        os.kill(container.attrs["State"]["Pid"], signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        def restarted() -> bool:
+            container.reload()
+            return container.attrs["RestartCount"] >= 1 and container.status == "running"
+
+        wait_until(restarted, 60, "Docker to restart the container", poll=0.5)
+        wait_until(lambda: errors or answers[-1][0] > killed_at + 5, HEALTHY_WITHIN, "an answer from the restarted server", poll=0.5)
+    finally:
+        stop.set()
+        caller.join(timeout=float(SERVE_UP_TIMEOUT) + 30)
+    assert errors == [], errors
+    for _, probabilities in answers:
+        np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    # serve status still knows its engine: a container the restart policy brought back is running.
+    assert _served_states(repo) == {2: "AVAILABLE"}
+    down = run_cli("serve", "down", "--repo", repo)
+    assert down.exit_code == 0, down.stderr
+    assert _left_behind(docker_client, repo) == []
+
+
+def test_an_unsigned_version_copied_in_is_served_by_the_container_only_after_sign_and_reload(images, signed_repo, keys,
+                                                                                             tmp_path, docker_client, served):
+    repo = served(_readable(copy_repo(signed_repo["repo"], tmp_path / "models")))
+    grpc_port = free_port()
+    up = _serve_up(repo, grpc_port, free_port(), "--public-key", keys["public"], "--versions", "all")
+    assert up.exit_code == 0, up.stderr
+    try:
+        assert _pinned(repo) == [1, 2]
+        # An unsigned version 3 appears, then version 1 goes: once the server's directory poll has unloaded 1, the
+        # same scan has seen 3, so its absence below is the server's decision, not a poll not yet run.
+        shutil.copytree(repo / "digits" / "2", repo / "digits" / "3")
+        (repo / "digits" / "3" / "model.sig").unlink()
+        _readable(repo)
+        shutil.rmtree(repo / "digits" / "1")
+        from engine_helpers import wait_until
+
+        wait_until(lambda: 1 not in _served_states(repo), 60, "the server to notice version 1 is gone", poll=1)
+        assert _served_states(repo) == {2: "AVAILABLE"}
+
+        refused = run_cli("serve", "reload", "--repo", repo, "--public-key", keys["public"])
+        assert refused.exit_code == 5 and "digits/3:" in refused.stderr, refused.stderr
+        assert _pinned(repo) == [1, 2]
+
+        signed = run_cli("sign", repo / "digits" / "3", "--key", keys["private"])
+        assert signed.exit_code == 0, signed.stderr
+        _readable(repo)  # the server's user (uid 10001) reads the new signature too: it verifies it again
+        reloaded = run_cli("serve", "reload", "--repo", repo, "--public-key", keys["public"], "--json")
+        assert reloaded.exit_code == 0, reloaded.stderr
+        data = json.loads(reloaded.stdout)["data"]
+        # Through HandleReloadConfigRequest at once, not the container's 60 s poll of models.config.
+        assert data["engine"] == "docker" and data["reloaded"] and data["models"] == {"digits": [2, 3]}, data
+        assert _served_states(repo) == {2: "AVAILABLE", 3: "AVAILABLE"}
+        _validate(grpc_port, "digits", repo / "digits" / "3" / "golden.npz")
+    finally:
+        down = run_cli("serve", "down", "--repo", repo)
+    assert down.exit_code == 0, down.stderr
+    assert _left_behind(docker_client, repo) == []
+    assert not (repo / ".tfship-run" / "engine.json").exists()

@@ -297,3 +297,17 @@ def test_per_model_batching_parameters_come_from_each_version_directory(models, 
         np.testing.assert_allclose(y, [[3.0], [4.0]])
     finally:
         engine.stop(grace=1)
+
+
+def test_metrics_are_served_at_the_monitoring_config_path(models, tmp_path):
+    # monitoring_config.proto: prometheus_config { enable: true path: "..." }; the exporter serves there.
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true path: "/metrics/tfs" }\n')
+    engine, _ = _engine(tmp_path, {"half": models / "half"}, monitoring_config_file=monitoring)
+    try:
+        _predict(engine.grpc_port, "half", np.array([[1.0]], np.float32))
+        with urllib.request.urlopen(f"http://127.0.0.1:{engine.rest_port}/metrics/tfs", timeout=10) as response:
+            text = response.read().decode()
+        assert ':tensorflow:serving:request_count{model_name="half",status="OK"} 1.0' in text
+    finally:
+        engine.stop(grace=1)

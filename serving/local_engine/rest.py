@@ -59,6 +59,8 @@ class RestLimits:
     # --rest_api_timeout_in_ms (TF Serving's default: 30 s): a :predict/:classify/:regress that takes longer
     # gets DEADLINE_EXCEEDED. None: no limit.
     request_timeout: float | None = 30.0
+    # MonitoringConfig.prometheus_config.path (--monitoring_config_file); TF Serving's default path otherwise.
+    metrics_path: str = PROMETHEUS_PATH
     json: bounded_json.JsonLimits = field(default_factory=bounded_json.JsonLimits)
 
     def __post_init__(self) -> None:
@@ -387,7 +389,7 @@ class RestServer:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.raw_path.split("?", 1)[0]
         try:
-            if request.method in ("GET", "HEAD") and path == PROMETHEUS_PATH:
+            if request.method in ("GET", "HEAD") and path == self.limits.metrics_path:
                 return web.Response(body=self.core.metrics.render().encode("utf-8"),
                                     headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8", **_SERVER})
             if request.method in ("GET", "HEAD") and path in (READY_PATH, LIVE_PATH):
