@@ -77,6 +77,7 @@ class ServerFlags:
     tfship_public_key: Path | None = None
     tfship_host: str = LISTEN_HOST
     tfship_drain_seconds: float = 30.0
+    require_golden: bool = False
     ignored: tuple[str, ...] = field(default=())  # flags given that have no meaning here
 
     def check(self) -> ServerFlags:
@@ -186,7 +187,8 @@ def build_engine(flags: ServerFlags) -> LocalEngine:
         max_load_retries=max(0, flags.max_num_load_retries), retry_interval_seconds=max(0, flags.load_retry_interval_micros) / 1e6,
         intra_op_threads=intra, inter_op_threads=inter, method_name_check=flags.enable_signature_method_name_check,
         allow_labels_for_unavailable=flags.allow_version_labels_for_unavailable_models,
-        per_model_batching=flags.enable_batching and flags.enable_per_model_batching_parameters)
+        per_model_batching=flags.enable_batching and flags.enable_per_model_batching_parameters,
+        require_golden=flags.require_golden)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     rest_limits = RestLimits(parse_threads=flags.rest_api_num_threads or 4 * cpus, metrics_path=metrics_path(flags.monitoring_config_file),
                              request_timeout=flags.rest_api_timeout_in_ms / 1000 if flags.rest_api_timeout_in_ms > 0 else None)

@@ -311,3 +311,35 @@ def test_metrics_are_served_at_the_monitoring_config_path(models, tmp_path):
         assert ':tensorflow:serving:request_count{model_name="half",status="OK"} 1.0' in text
     finally:
         engine.stop(grace=1)
+
+
+def test_require_golden_keeps_a_version_that_disagrees_with_its_golden_set_out_of_service(signed_repo, keys, tmp_path):
+    """--require_golden: a re-signed version whose golden outputs disagree with what the model computes passes the
+    signature gate, yet never becomes AVAILABLE: no health SERVING, no /v1/ready, no Predict."""
+    import shutil
+
+    from tfship.core.signing import sign
+
+    repo = tmp_path / "models"
+    shutil.copytree(signed_repo["repo"] / "digits" / "2", repo / "digits" / "2")
+    shutil.copytree(signed_repo["repo"] / "digits" / "2", repo / "altered" / "2")
+    golden = repo / "altered" / "2" / "golden.npz"
+    arrays = dict(np.load(golden))
+    arrays["outputs/probabilities"] = arrays["outputs/probabilities"][::-1].copy()  # the samples' answers, shuffled
+    np.savez(golden, **arrays)
+    sign(repo / "altered" / "2", key=keys["private"])
+    engine, _ = _engine(tmp_path, {"digits": repo / "digits", "altered": repo / "altered"}, require_golden=True,
+                        tfship_public_key=keys["public"], enable_grpc_healthcheck_service=True)
+    try:
+        (digits,) = engine.core.manager.status("digits")
+        assert digits.state == "AVAILABLE"
+        (altered,) = engine.core.manager.status("altered")
+        assert altered.state == "END" and altered.error_code == grpc.StatusCode.FAILED_PRECONDITION
+        assert altered.error_message.startswith(f"--require_golden: the served model does not reproduce {golden}: "
+                                                "output 'probabilities': ")
+        assert _health(engine.grpc_port, "digits") == "SERVING"
+        assert _health(engine.grpc_port, "altered") == "NOT_SERVING"
+        status, body = _get(f"http://127.0.0.1:{engine.rest_port}/v1/ready")
+        assert status == 503 and "does not reproduce" in body["models"]["altered"]["reason"]
+    finally:
+        engine.stop(grace=1)

@@ -119,6 +119,9 @@ def _with_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_with_flags
 @click.option("--tfship_public_key", envvar="TFSHIP_PUBLIC_KEY", default="",
               help="tfship's own: verify every version's signature with this key before loading it [env TFSHIP_PUBLIC_KEY].")
+@click.option("--require_golden", type=click.BOOL, is_flag=False, flag_value=True, default=False, show_default=True,
+              help="tfship's own: a version is AVAILABLE (healthy, ready) only after its golden.npz, replayed through the "
+                   "server, matches the original outputs within the manifest's tolerance; otherwise it ends with the mismatch.")
 @click.option("--tfship_drain_seconds", type=click.FloatRange(0), default=30.0, show_default=True,
               help="tfship's own: on SIGTERM, seconds in-flight requests get to finish (health says NOT_SERVING meanwhile).")
 @command("model-server")

@@ -71,6 +71,7 @@ class LoadOptions:
     inter_op_threads: int = 0
     method_name_check: bool = False  # --enable_signature_method_name_check
     per_model_batching: bool = False  # --enable_per_model_batching_parameters
+    require_golden: bool = False  # --require_golden (tfship's): AVAILABLE only once golden.npz replays within tolerance
     allow_labels_for_unavailable: bool = False  # --allow_version_labels_for_unavailable_models
 
 
@@ -183,6 +184,66 @@ def _signature_entries(loaded: Any, path: Path) -> dict[str, SignatureEntry]:
                             info.tensor_shape.dim.add(size=-1 if d is None else d)
         entries[key] = SignatureEntry(key, fn, inputs, outputs, proto.method_name or "tensorflow/serving/predict", proto)
     return entries
+
+
+def _golden_tolerance(path: Path, tflite: bool) -> Any:
+    """The tolerance the export proved this artifact against (manifest.json's parity entry), else 1e-5."""
+    import json
+
+    from tfship.core.tolerance import Tolerance
+
+    wanted = "tflite" if tflite else "savedmodel"
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        for entry in manifest.get("parity", ()):
+            if entry.get("format") == wanted and entry.get("variant", "float32") == "float32" and entry.get("tolerance"):
+                t = entry["tolerance"]
+                return Tolerance(atol=float(t["atol"]), rtol=float(t["rtol"]), min_top1=t.get("min_top1"))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return Tolerance(atol=1e-5, rtol=1e-5)
+
+
+def check_golden(servable: Servable) -> None:
+    """--require_golden: replay the version's golden.npz through the serving call and compare with the original
+    model's outputs recorded at export, within the tolerance the manifest records. Any mismatch ends the
+    version (END, FAILED_PRECONDITION), so a server that computes something else never reports it AVAILABLE."""
+    from tfship.client.compare import compare_outputs
+    from tfship.core.errors import TfshipError
+    from tfship.core.samples import load_npz, split_golden
+    from tfship.serving.local_engine import predict
+
+    path = servable.path / "golden.npz"
+    if not path.is_file():
+        raise EngineError(grpc.StatusCode.FAILED_PRECONDITION, f"--require_golden: {path} is missing: export the version "
+                          "with tfship (it writes the golden set) or drop --require_golden")
+    try:
+        inputs, expected = split_golden(load_npz(path, "golden set"))
+    except TfshipError as exc:
+        raise EngineError(grpc.StatusCode.FAILED_PRECONDITION, f"--require_golden: {exc.message}") from None
+    entry = servable.signatures.get(predict.DEFAULT_SIGNATURE) or next(iter(servable.signatures.values()), None)
+    if entry is None:
+        raise EngineError(grpc.StatusCode.FAILED_PRECONDITION, f"--require_golden: {servable.path} has no signature")
+    # A TFLite servable names its tensors as TF Serving does (serving_default_x): match them to the golden names,
+    # else by position.
+    tflite = any(name.startswith("serving_default_") for name in entry.inputs)
+    feed = {}
+    for index, name in enumerate(entry.input_order):
+        key = name if name in inputs else name.removeprefix("serving_default_")
+        feed[name] = inputs[key] if key in inputs else list(inputs.values())[index] if len(inputs) == len(entry.inputs) else None
+        if feed[name] is None:
+            raise EngineError(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"--require_golden: the golden set has no input for '{name}' (it has {sorted(inputs)})")
+    outputs = predict.run_signature(entry, predict.check_arrays(entry, feed))
+    if set(outputs) != set(expected) and len(outputs) == len(expected):
+        outputs = dict(zip(sorted(expected), (outputs[k] for k in entry.outputs if k in outputs)))
+    comparison = compare_outputs(expected, outputs, _golden_tolerance(servable.path, tflite))
+    if not comparison.passed:
+        detail = "; ".join(f"output '{o.name}': {o.reason}" for o in comparison.failures())
+        raise EngineError(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"--require_golden: the served model does not reproduce {path}: {detail}")
+    log.info("%s version %d reproduces its golden set (%d samples)", servable.name, servable.version,
+             len(next(iter(expected.values()))))
 
 
 def _was_unloaded(state: VersionState) -> bool:
@@ -341,6 +402,8 @@ class ModelManager:
                 self._warmup(servable)
             finally:
                 warmup_seconds = time.perf_counter() - warmup_started
+            if self.options.require_golden:
+                check_golden(servable)
         except EngineError as exc:
             with self._lock:
                 state.state, state.error_code, state.error_message = END, exc.code, exc.message
