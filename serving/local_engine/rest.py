@@ -34,6 +34,7 @@ from tfship.serving.local_engine.predict import check_arrays, signature_of
 from tfship.serving.local_engine.repeated_errors import RepeatedErrors
 
 READY_PATH, LIVE_PATH = "/v1/ready", "/v1/live"  # tfship's own probes (not in TF Serving)
+_V2_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?:/(?P<action>infer|ready))?$")
 log = logging.getLogger(__name__)
 errors_log = RepeatedErrors(log)
 
@@ -394,6 +395,8 @@ class RestServer:
                                     headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8", **_SERVER})
             if request.method in ("GET", "HEAD") and path in (READY_PATH, LIVE_PATH):
                 return self._probe(path)
+            if path == "/v2" or path.startswith("/v2/"):
+                return await self._v2(request, path)
             return await self._route(request, path)
         except HttpError as exc:
             # The body may be partly unread: close rather than read what follows as a new request.
@@ -442,6 +445,45 @@ class RestServer:
                    "models": {name: {"ready": reason is None, **({"reason": reason} if reason else {})}
                               for name, reason in models.items()}}
         return self._json_response(200 if ready else 503, json.dumps(payload).encode("utf-8"))
+
+    async def _v2(self, request: web.BaseRequest, path: str) -> web.Response:
+        """The Open Inference Protocol's REST API (KServe v2): health, server and model metadata, readiness, infer."""
+        from tfship.serving.local_engine import v2
+
+        match = _V2_PATH.match(path)
+        if path == "/v2" and request.method in ("GET", "HEAD"):
+            from importlib.metadata import version
+
+            return self._json_response(200, json.dumps({"name": "tfship", "version": version("tfship"), "extensions": []}).encode())
+        if path in ("/v2/health/live", "/v2/health/ready") and request.method in ("GET", "HEAD"):
+            ok = path.endswith("live") or (v2.server_ready(self.core) and not self._draining)
+            key = "live" if path.endswith("live") else "ready"
+            return self._json_response(200 if ok else 400, json.dumps({key: ok}).encode())
+        if not match:
+            raise EngineError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {request.method} {path[:200]}")
+        name, version_text, action = match["name"], match["version"] or "", match["action"]
+        if action == "ready" and request.method in ("GET", "HEAD"):
+            ready = v2.model_ready(self.core, name, version_text)
+            return self._json_response(200 if ready else 400, json.dumps({"name": name, "ready": ready}).encode())
+        if action is None and request.method in ("GET", "HEAD"):
+            meta = v2.model_metadata(self.core, name, version_text)
+            meta["inputs"] = [t.__dict__ for t in meta["inputs"]]
+            meta["outputs"] = [t.__dict__ for t in meta["outputs"]]
+            return self._json_response(200, json.dumps(meta).encode())
+        if action == "infer" and request.method == "POST":
+            held = [0]
+            try:
+                raw = await self._read_body(request, held)
+                arrays, wanted, request_id = await self._in_pool(lambda: v2.rest_inputs(bounded_json.loads(raw, self.limits.json)))
+                servable, outputs = await asyncio.wait_for(v2.infer(self.core, name, version_text, arrays, wanted),
+                                                           self.limits.request_timeout)
+            except asyncio.TimeoutError:
+                raise EngineError(grpc.StatusCode.DEADLINE_EXCEEDED, "the request did not finish within --rest_api_timeout_in_ms") from None
+            finally:
+                self._budget.give(held[0])
+            payload = await self._in_pool(lambda: json.dumps(v2.rest_outputs(servable, outputs, request_id)).encode("utf-8"))
+            return self._json_response(200, payload)
+        raise invalid(f"Malformed request: {request.method} {path[:200]}")
 
     def _get(self, name: str, version: int | None, label: str | None, metadata: bool) -> web.Response:
         if metadata:

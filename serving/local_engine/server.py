@@ -15,6 +15,7 @@ import grpc
 
 from tfship.core.errors import ServingError
 from tfship.serving.config import BatchingOptions
+from tfship.serving.local_engine import v2
 from tfship.serving.local_engine.core import EngineCore
 from tfship.serving.local_engine.grpc_service import build_servicers, generic_handlers
 from tfship.serving.local_engine.health import HealthPublisher
@@ -137,6 +138,8 @@ class LocalEngine:
                                           ("grpc.so_reuseport", 0), *options.channel_arguments],
                                  maximum_concurrent_rpcs=options.max_concurrent_rpcs)
         server.add_generic_rpc_handlers(generic_handlers(*build_servicers(self.core)))
+        # The Open Inference Protocol (KServe v2) beside TF Serving's services.
+        server.add_generic_rpc_handlers((v2.build_servicer(self.core),))
         if options.health_service:
             self.health = HealthPublisher(self.core.manager)
             self.health.add_to_server(server)
