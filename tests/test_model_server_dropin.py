@@ -343,3 +343,37 @@ def test_require_golden_keeps_a_version_that_disagrees_with_its_golden_set_out_o
         assert status == 503 and "does not reproduce" in body["models"]["altered"]["reason"]
     finally:
         engine.stop(grace=1)
+
+
+@pytest.mark.slow
+def test_sigterm_drains_in_flight_requests_before_the_process_exits(models, tmp_path):
+    """tensorflow/serving#1853: TF Serving exits on SIGTERM with requests in flight. Here a request that waits
+    2 s in a batch queue when SIGTERM arrives still gets its answer, and the process then exits 0."""
+    import threading
+
+    parameters = tmp_path / "batching.txt"
+    parameters.write_text("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 2000000 }\n")
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen([sys.executable, "-m", "tfship", "model-server", f"--port={port}", "--model_name=half",
+                                    f"--model_base_path={models / 'half'}", "--enable_batching",
+                                    f"--batching_parameters_file={parameters}", "--enable_grpc_healthcheck_service",
+                                    "--tfship_drain_seconds=20"],
+                                   stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, "TFSHIP_PUBLIC_KEY": ""})
+    try:
+        wait_until(lambda: process.poll() is not None or _health(port) == "SERVING", 120, "the server SERVING")
+        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+        answers: list = []
+        caller = threading.Thread(target=lambda: answers.append(_predict(port, "half", np.array([[8.0]], np.float32))[1]))
+        caller.start()
+        time.sleep(0.7)  # the request now waits in the batch queue
+        process.send_signal(signal.SIGTERM)
+        caller.join(30)
+        assert answers and np.allclose(answers[0], [[6.0]])
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
