@@ -106,23 +106,84 @@ def load_npz_inputs(path: Path, signature: Signature, what: str = "--samples") -
     return inputs_for(signature, load_npz(path, what), f"{what} {path}")
 
 
+DISTRIBUTIONS = ("uniform", "normal", "sparse", "scaled")
+# An output whose values differ across samples by less than this, relative to their size, does not vary.
+DEGENERATE_SPREAD = 1e-6
+
+
+def float_values(rng: np.random.Generator, shape: list[int], distribution: str = "uniform") -> np.ndarray:
+    """Floats for one input: ``uniform`` [0, 1); ``normal`` N(0, 1); ``sparse`` (about 20 non-zero values in
+    [0, 1) per sample, at most half); ``scaled`` (uniform [0, 1) divided by the last dimension, so a wide
+    input's sum stays near 0.5, as a TF-IDF or bag-of-words row's does)."""
+    if distribution == "uniform":
+        return rng.random(size=shape)
+    if distribution == "normal":
+        return rng.standard_normal(size=shape)
+    width = max(1, shape[-1]) if len(shape) > 1 else 1
+    if distribution == "sparse":
+        keep = rng.random(size=shape) < min(0.5, 20.0 / width)
+        return np.where(keep, rng.random(size=shape), 0.0)
+    if distribution == "scaled":
+        return rng.random(size=shape) / width
+    raise UsageError(f"unknown sample distribution {distribution!r} (choose from {', '.join(DISTRIBUTIONS)})")
+
+
 def generate_inputs(signature: Signature, count: int = DEFAULT_COUNT, vocab_sizes: Mapping[str, int] | None = None,
-                    *, seed: int = SEED) -> dict[str, np.ndarray]:
-    """Deterministic inputs from the signature: floats in [0, 1), integers within an Embedding's vocabulary
-    (``vocab_sizes``, else [0, 10)), booleans, and distinct byte strings; unknown dimensions get 8."""
+                    *, seed: int = SEED, distribution: str = "uniform",
+                    values: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Deterministic inputs from the signature; unknown dimensions get 8.
+
+    An input named in ``values`` gets elements drawn from those values (token ids within a vocabulary,
+    a lookup's vocabulary), cast to the input's dtype whatever it is; other integers fall within an
+    Embedding's vocabulary (``vocab_sizes``, else [0, 10)); floats follow ``distribution`` (see
+    :func:`float_values`); booleans are random and strings distinct."""
     rng = np.random.default_rng(seed)
     vocab_sizes = vocab_sizes or {}
+    values = values or {}
     result: dict[str, np.ndarray] = {}
     for spec in signature.inputs:
         shape = [count] + [UNKNOWN_DIM if d is None else d for d in spec.shape[1:]]
-        if spec.dtype == "string":
-            values = np.array([f"sample-{i}".encode() for i in range(int(np.prod(shape)))], dtype=object)
-            result[spec.name] = values.reshape(shape)
+        if spec.name in values and len(values[spec.name]):
+            pool = np.asarray(values[spec.name])
+            drawn = pool[rng.integers(0, len(pool), size=shape)]
+            result[spec.name] = drawn if spec.dtype == "string" else drawn.astype(spec.dtype)
+        elif spec.dtype == "string":
+            strings = np.array([f"sample-{i}".encode() for i in range(int(np.prod(shape)))], dtype=object)
+            result[spec.name] = strings.reshape(shape)
         elif spec.dtype == "bool":
             result[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
         elif np.issubdtype(np.dtype(spec.dtype), np.integer):
             high = vocab_sizes.get(spec.name, 10)
             result[spec.name] = rng.integers(0, high, size=shape).astype(spec.dtype)
         else:
-            result[spec.name] = rng.random(size=shape).astype(spec.dtype)
+            result[spec.name] = float_values(rng, shape, distribution).astype(spec.dtype)
     return result
+
+
+def output_spread(outputs: Mapping[str, np.ndarray]) -> dict[str, float | None]:
+    """How much each output varies across samples (the leading dimension).
+
+    Floats: the mean over elements of the standard deviation across samples, relative to the mean
+    absolute value (0 when every sample gives the same answer). Other dtypes: the fraction of samples
+    whose answer differs from the first. None with fewer than two samples."""
+    spread: dict[str, float | None] = {}
+    for name, value in outputs.items():
+        array = np.asarray(value)
+        if array.ndim == 0 or len(array) < 2:
+            spread[name] = None
+            continue
+        rows = array.reshape(len(array), -1)
+        if np.issubdtype(rows.dtype, np.floating):
+            rows64 = rows.astype(np.float64)
+            finite = np.where(np.isfinite(rows64), rows64, 0.0)
+            scale = float(np.mean(np.abs(finite)))
+            spread[name] = float(np.mean(np.std(finite, axis=0)) / scale) if scale > 0 else 0.0
+        else:
+            differs = [not np.array_equal(rows[i], rows[0]) for i in range(1, len(rows))]
+            spread[name] = float(np.mean(differs))
+    return spread
+
+
+def degenerate_outputs(outputs: Mapping[str, np.ndarray]) -> list[str]:
+    """Outputs that give (nearly) the same answer for every sample: a parity check on them proves little."""
+    return sorted(name for name, value in output_spread(outputs).items() if value is not None and value <= DEGENERATE_SPREAD)
