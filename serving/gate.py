@@ -19,6 +19,7 @@ class VersionCheck:
     version: int
     ok: bool
     reason: str = ""
+    attested: bool = False
 
 
 def check_repository(repo: Path, public_key: Path | None) -> list[VersionCheck]:
@@ -27,8 +28,11 @@ def check_repository(repo: Path, public_key: Path | None) -> list[VersionCheck]:
     results = []
     for name, versions in scan(repo).items():
         for version in versions:
+            # verify() checks model.sig, then the version's attestation: a version whose attestation does not
+            # match its files (or was signed by another key) fails here like a bad signature.
             outcome = verify(Path(repo) / name / str(version), public_key=public_key)
-            results.append(VersionCheck(name, version, outcome.ok, outcome.reason))
+            attested = outcome.attestation is not None and outcome.attestation.present and outcome.attestation.ok
+            results.append(VersionCheck(name, version, outcome.ok, outcome.reason, attested))
     return results
 
 
@@ -51,6 +55,10 @@ def gate(repo: Path, *, public_key: Path | None, allow_unsigned: bool, skip_inva
                              f"(--skip-invalid serves the others)")
     for r in failed:
         log.warning("skipping %s version %d: %s", r.name, r.version, r.reason)
+    for r in results:
+        if r.ok and not r.attested:
+            log.info("%s version %d: signature verified, no attestation (exported before attestations): parity not attested",
+                     r.name, r.version)
     return {(r.name, r.version) for r in failed}
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from tfship import render
 from tfship.command import State, command
 from tfship.core.errors import UsageError
 
@@ -38,16 +39,54 @@ def keys_generate(out, password, force):
 @click.option("--sigstore", is_flag=True, help="Keyless signing with Sigstore (needs the network).")
 @command("sign", lambda console, data: console.print(f"signed {data['directory']} -> {data['signature']}"))
 def sign_cmd(directory, key, password, certificate, certificate_chain, sigstore):
-    """Sign a version directory: writes DIRECTORY/model.sig over every file in it."""
-    from tfship.core.signing import sign
+    """Sign a version directory: writes DIRECTORY/model.sig over every file in it.
 
+    A version with a manifest.json gets its attestation (attestation.intoto.jsonl, signed with the same
+    key) first, so model.sig covers it.
+    """
+    from tfship.core.signing import sign
+    from tfship.exporter import attestation
+
+    attested = None
+    if key is not None and not sigstore and Path(directory).is_dir() and attestation.has_manifest(directory):
+        attested = attestation.attest(directory, key, password)
     path = sign(directory, key=key, password=password, certificate=certificate,
                 certificate_chain=tuple(certificate_chain), sigstore=sigstore)
-    return {"directory": str(directory), "signature": str(path)}
+    return {"directory": str(directory), "signature": str(path), "attestation": str(attested) if attested else None}
 
 
 def _render_verify(console: Any, data: dict[str, Any]) -> None:
     console.print(f"verified: {data['directory']}" if data["ok"] else f"NOT verified: {data['directory']}: {data['reason']}")
+    attestation = data.get("attestation") or {}
+    if not data["ok"]:
+        return
+    if not attestation.get("present"):
+        console.print("no attestation (a version signed before tfship wrote attestations): parity is not attested")
+        return
+    if attestation.get("predicate") is None:
+        console.print(f"attestation: {attestation.get('reason') or 'present'}")
+        return
+    console.print(f"attestation: signed, {attestation['subjects']} files match their digests; proven parity:")
+    # One line per artifact and output: a table's columns would cut names and tolerances on a narrow terminal.
+    for entry in attestation["predicate"].get("parity", []):
+        tolerance = entry.get("tolerance") or {}
+        limit = f"atol={tolerance.get('atol', '-')} rtol={tolerance.get('rtol', '-')}"
+        if tolerance.get("min_top1") is not None:
+            limit += f" top1>={tolerance['min_top1']}"
+        if not entry.get("outputs"):
+            console.print(f"  {entry.get('artifact', '?'):<16} {entry.get('status', '?'):<8} {entry.get('error', '')}")
+        for output in entry.get("outputs") or []:
+            top1 = output.get("top1_agreement")
+            console.print(f"  {entry.get('artifact', '?'):<16} {entry.get('status', '?'):<8} {output.get('name', '-')}: "
+                          f"max abs {render.fmt_float(output.get('max_abs'))}, max rel {render.fmt_float(output.get('max_rel'))}, "
+                          f"top-1 {'-' if top1 is None else f'{top1:.4f}'} ({limit})")
+
+
+def _attestation_data(check: Any) -> dict[str, Any] | None:
+    if check is None:
+        return None
+    return {"present": check.present, "ok": check.ok, "reason": check.reason, "predicate_type": check.predicate_type,
+            "subjects": check.subjects, "predicate": check.predicate}
 
 
 @click.command("verify")
@@ -66,7 +105,8 @@ def verify_cmd(directory, public_key, certificate_chain, sigstore_identity, sigs
         raise UsageError(f"{directory}: not a directory")
     result = verify(directory, public_key=public_key, certificate_chain=tuple(certificate_chain),
                     sigstore_identity=sigstore_identity, sigstore_issuer=sigstore_issuer)
-    data = {"directory": str(directory), "ok": result.ok, "reason": result.reason}
+    data = {"directory": str(directory), "ok": result.ok, "reason": result.reason,
+            "attestation": _attestation_data(result.attestation)}
     if not result.ok:
         if not State.debug:
             click.echo(f"tfship verify: {directory}: {result.reason}", err=True)

@@ -9,6 +9,13 @@ Its messages are not meant for people (a file-by-file difference arrives as a Py
 the reason shown is built from values instead: the signature bundle's key hint and signed file
 digests (a Sigstore bundle whose DSSE payload is an in-toto statement listing every file), compared
 with the public key given and with the directory as ``model_signing.hashing`` hashes it now.
+
+A version may also carry an attestation, ``attestation.intoto.jsonl``: an in-toto Statement v1 in a
+DSSE envelope signed with the same EC key, whose subjects are the version's files with their SHA-256
+and whose predicate is what the export measured (parity per artifact and output). It is written before
+``model.sig``, so the signature covers it too. :func:`verify` checks it after ``model.sig``: the
+envelope's signature over the DSSE pre-authentication encoding, and every subject against its file.
+Versions exported before attestations existed verify as before, reported as "no attestation".
 """
 
 from __future__ import annotations
@@ -32,7 +39,27 @@ MAX_SIGNATURE_BYTES = 64 << 20
 # How many file names one reason lists before it says "and N more".
 MAX_NAMES = 10
 
+# in-toto Statement v1 in a DSSE envelope, one envelope per line (the in-toto "jsonl" bundle convention).
+ATTESTATION_FILE = "attestation.intoto.jsonl"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+DSSE_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+MAX_ATTESTATION_BYTES = 16 << 20
+# Files never listed as subjects: the signature (written after the attestation) and the attestation itself.
+NOT_SUBJECTS = (SIGNATURE_FILE, ATTESTATION_FILE)
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AttestationCheck:
+    """What ``attestation.intoto.jsonl`` proves about a version (``present`` False: there is none)."""
+
+    present: bool
+    ok: bool
+    reason: str = ""
+    predicate_type: str = ""
+    predicate: dict[str, Any] | None = None
+    subjects: int = 0
 
 
 @dataclass(frozen=True)
@@ -40,6 +67,7 @@ class VerifyResult:
     directory: Path
     ok: bool
     reason: str = ""
+    attestation: AttestationCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -139,7 +167,13 @@ def verify(directory: Path, *, public_key: Path | None = None, certificate_chain
     except Exception as exc:  # every failure of the library means "not verified"
         log.debug("model_signing refused %s", directory, exc_info=True)
         return VerifyResult(directory, False, _reason(exc, directory, signed, public_key))
-    return VerifyResult(directory, True)
+    key = public_key if public_key is not None and not sigstore_identity and not certificate_chain else None
+    if key is None and certificate_chain:
+        key = _leaf_certificate_key(signature)
+    attestation = check_attestation(directory, key)
+    if attestation.present and not attestation.ok:
+        return VerifyResult(directory, False, f"attestation: {attestation.reason}", attestation)
+    return VerifyResult(directory, True, attestation=attestation)
 
 
 def _read_signed_content(signature: Path) -> _SignedContent | None:
@@ -237,3 +271,182 @@ def generate_keys(out: Path, *, password: str | None = None, force: bool = False
     os.chmod(private_path, 0o600)
     public_path.write_bytes(public_pem)
     return private_path, public_path
+
+
+# --- attestation: DSSE envelope over an in-toto Statement v1 -----------------------------------------
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE v1 pre-authentication encoding: what the signature covers (DSSE spec, protocol.md)."""
+    kind = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %b %d %b" % (len(kind), kind, len(payload), payload)
+
+
+def _ec_hash(curve: Any) -> Any:
+    from cryptography.hazmat.primitives import hashes
+
+    # The hash model_signing pairs with each curve (P-256: SHA-256, P-384: SHA-384, P-521: SHA-512).
+    return {256: hashes.SHA256(), 384: hashes.SHA384()}.get(curve.key_size, hashes.SHA512())
+
+
+def load_private_key(key: Path, password: str | bytes | None = None) -> Any:
+    """An EC private key from a PEM file; TfshipError with a readable reason otherwise."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if not Path(key).is_file():
+        raise UsageError(f"{key}: private key file not found")
+    try:
+        private = serialization.load_pem_private_key(Path(key).read_bytes(), password=_password_bytes(password))
+    except Exception as exc:
+        text = first_line(exc)
+        hint = " (wrong or missing password?)" if "password" in text.lower() or "decrypt" in text.lower() else ""
+        raise TfshipError(f"{key}: cannot use this private key: {text}{hint}") from exc
+    if not isinstance(private, ec.EllipticCurvePrivateKey):
+        raise TfshipError(f"{key}: cannot use this private key: model signing needs an EC key (P-256, P-384 or P-521)")
+    return private
+
+
+def key_id(public_key: Any) -> str:
+    """SHA-256 of the SubjectPublicKeyInfo PEM, in hex: the same hint model_signing stores in model.sig."""
+    from cryptography.hazmat.primitives import serialization
+
+    pem = public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(pem).hexdigest()
+
+
+def sign_envelope(statement: dict[str, Any], private_key: Any) -> dict[str, Any]:
+    """A DSSE envelope of ``statement`` signed with an EC private key (ECDSA, DER signature)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    signature = private_key.sign(pae(DSSE_PAYLOAD_TYPE, payload), ec.ECDSA(_ec_hash(private_key.curve)))
+    return {"payloadType": DSSE_PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode("ascii"),
+            "signatures": [{"keyid": key_id(private_key.public_key()), "sig": base64.b64encode(signature).decode("ascii")}]}
+
+
+def subjects_of(directory: Path) -> list[dict[str, Any]]:
+    """Every file of a version as in-toto resource descriptors (name relative to the version, sha256)."""
+    directory = Path(directory)
+    found = []
+    for path in sorted(directory.rglob("*")):
+        name = path.relative_to(directory).as_posix()
+        if not path.is_file() or name in NOT_SUBJECTS or any(part.startswith(".git") for part in path.relative_to(directory).parts):
+            continue
+        found.append({"name": name, "digest": {"sha256": _sha256(path)}})
+    return found
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_attestation(directory: Path, statement: dict[str, Any], key: Path, password: str | bytes | None = None) -> Path:
+    """Sign ``statement`` with ``key`` and write it as ``directory/attestation.intoto.jsonl``."""
+    envelope = sign_envelope(statement, load_private_key(key, password))
+    target = Path(directory) / ATTESTATION_FILE
+    target.write_text(json.dumps(envelope, sort_keys=True) + "\n", encoding="utf-8")
+    return target
+
+
+def _leaf_certificate_key(signature: Path) -> Any:
+    """The signing certificate's public key from a certificate-chain bundle (model_signing checked the chain)."""
+    from cryptography import x509
+
+    try:
+        material = json.loads(signature.read_bytes())["verificationMaterial"]
+        chain = material.get("x509CertificateChain", {}).get("certificates") or [material["certificate"]]
+        return x509.load_der_x509_certificate(base64.b64decode(chain[0]["rawBytes"])).public_key()
+    except Exception:  # not a certificate bundle: the attestation check then reports it cannot check
+        log.debug("no certificate in %s", signature, exc_info=True)
+        return None
+
+
+def _verify_envelope(envelope: dict[str, Any], public_key: Any) -> str:
+    """Empty when one of the envelope's signatures verifies with ``public_key``, else the reason."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if envelope.get("payloadType") != DSSE_PAYLOAD_TYPE:
+        return f"payload type {envelope.get('payloadType')!r} is not {DSSE_PAYLOAD_TYPE}"
+    payload = base64.b64decode(envelope["payload"], validate=True)
+    message = pae(DSSE_PAYLOAD_TYPE, payload)
+    signatures = envelope.get("signatures") or []
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        return "the attestation can be checked only with an EC public key"
+    for entry in signatures:
+        try:
+            public_key.verify(base64.b64decode(entry["sig"], validate=True), message, ec.ECDSA(_ec_hash(public_key.curve)))
+            return ""
+        except (InvalidSignature, ValueError, KeyError, TypeError, binascii.Error):
+            continue
+    ours = key_id(public_key)
+    if signatures and all(isinstance(e, dict) and e.get("keyid") and e.get("keyid") != ours for e in signatures):
+        return "signed with another key: the attestation's key does not match the public key given"
+    return "its signature does not verify (the attestation was altered, or signed with another key)"
+
+
+def _check_subjects(directory: Path, statement: dict[str, Any]) -> tuple[str, int]:
+    subjects = statement.get("subject")
+    if not isinstance(subjects, list) or not subjects:
+        return "the statement lists no subjects", 0
+    listed: dict[str, str] = {}
+    for subject in subjects:
+        name, digest = str(subject.get("name", "")), str((subject.get("digest") or {}).get("sha256", ""))
+        if not name or not digest or name.startswith("/") or ".." in Path(name).parts:
+            return f"subject {name!r} is not a file of this version with a sha256 digest", 0
+        listed[name] = digest
+    current = {s["name"]: s["digest"]["sha256"] for s in subjects_of(directory)}
+    changed = sorted(n for n in listed.keys() & current.keys() if listed[n] != current[n])
+    missing = sorted(listed.keys() - current.keys())
+    added = sorted(current.keys() - listed.keys())
+    sentences = []
+    for names, what in ((changed, "changed since the attestation"), (missing, "missing since the attestation"),
+                        (added, "not covered by the attestation")):
+        if names:
+            sentences.append(f"{'file' if len(names) == 1 else 'files'} {what}: {_names(names)}")
+    return "; ".join(sentences), len(listed)
+
+
+def check_attestation(directory: Path, public_key: Path | Any | None) -> AttestationCheck:
+    """Check ``attestation.intoto.jsonl`` of a version; ``present`` is False when there is none."""
+    from cryptography.hazmat.primitives import serialization
+
+    path = Path(directory) / ATTESTATION_FILE
+    if not path.is_file():
+        return AttestationCheck(present=False, ok=True, reason="no attestation")
+    if public_key is None:
+        return AttestationCheck(present=True, ok=True, reason="not checked (keyless signature: no public key to check it with)")
+    try:
+        key = (serialization.load_pem_public_key(Path(public_key).read_bytes())
+               if isinstance(public_key, (str, Path)) else public_key)
+    except (OSError, ValueError, TypeError) as exc:
+        return AttestationCheck(present=True, ok=False, reason=f"cannot read the public key: {first_line(exc)}")
+    try:
+        if path.stat().st_size > MAX_ATTESTATION_BYTES:
+            return AttestationCheck(present=True, ok=False, reason=f"{ATTESTATION_FILE} is larger than {MAX_ATTESTATION_BYTES} bytes")
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        envelopes = [json.loads(line) for line in lines]
+        if not envelopes or not all(isinstance(e, dict) for e in envelopes):
+            raise ValueError("no envelope")
+        checked = AttestationCheck(present=True, ok=True)
+        for envelope in envelopes:
+            problem = _verify_envelope(envelope, key)
+            if problem:
+                return AttestationCheck(present=True, ok=False, reason=problem)
+            statement = json.loads(base64.b64decode(envelope["payload"], validate=True))
+            if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
+                return AttestationCheck(present=True, ok=False, reason=f"the payload is not an in-toto statement ({STATEMENT_TYPE})")
+            problem, count = _check_subjects(Path(directory), statement)
+            if problem:
+                return AttestationCheck(present=True, ok=False, reason=problem)
+            predicate = statement.get("predicate")
+            checked = AttestationCheck(present=True, ok=True, predicate_type=str(statement.get("predicateType", "")),
+                                       predicate=predicate if isinstance(predicate, dict) else None, subjects=count)
+        return checked
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+        log.debug("unreadable attestation in %s", directory, exc_info=True)
+        return AttestationCheck(present=True, ok=False, reason=f"{ATTESTATION_FILE} is damaged (not DSSE envelopes tfship can read)")
