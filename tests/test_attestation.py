@@ -195,3 +195,41 @@ def test_sign_refuses_to_attest_a_swapped_artifact(signed_repo, keys, tmp_path):
     assert result.exit_code == 5
     assert "model.onnx no longer match the digests the export measured" in result.stderr
     assert not (version / "model.sig").exists() and not (version / "attestation.intoto.jsonl").exists()
+
+
+def test_ml_bom_describes_the_model_its_files_and_frameworks(signed_repo, keys, tmp_path):
+    import hashlib
+    from importlib import metadata
+
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    from tfship.exporter import mlbom
+
+    version = shutil.copytree(signed_repo["repo"] / "digits" / "1", tmp_path / "v")
+    path = mlbom.write(version)
+    text = path.read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    bom = json.loads(text)
+    assert bom["bomFormat"] == "CycloneDX" and bom["specVersion"] == "1.6"
+    model = bom["metadata"]["component"]
+    assert model["type"] == "machine-learning-model" and model["name"] == "digits" and model["version"] == "1"
+    parameters = model["modelCard"]["modelParameters"]
+    assert parameters["inputs"] == [{"format": "image: float32[-1,8,8,1]"}]
+    assert parameters["outputs"] == [{"format": "probabilities: float32[-1,10]"}]
+    metrics = {(m["slice"], m["type"]): m["value"] for m in model["modelCard"]["quantitativeAnalysis"]["performanceMetrics"]}
+    assert metrics[("tflite:int8 output probabilities", "top-1 agreement with original")] == "1"
+    files = {c["name"]: c["hashes"][0]["content"] for c in model["components"]}
+    for name in ("model.tflite", "model.int8.tflite", "model.onnx", "saved_model.pb", "golden.npz"):
+        assert files[name] == hashlib.sha256((version / name).read_bytes()).hexdigest(), name
+    libraries = {c["name"]: c for c in bom["components"]}
+    assert libraries["tensorflow"]["version"] == metadata.version("tensorflow")
+    assert libraries["tensorflow"]["type"] == "framework" and libraries["tf2onnx"]["type"] == "library"
+    assert libraries["tensorflow"]["purl"] == f"pkg:pypi/tensorflow@{metadata.version('tensorflow')}"
+    depends = {d["ref"]: d.get("dependsOn", []) for d in bom["dependencies"]}
+    assert {"pkg:tensorflow", "pkg:keras", "pkg:tf2onnx", "pkg:onnxruntime"} <= set(depends["model"])
+    # Signed after the BOM is written: the attestation lists it, model.sig covers it.
+    _sign(version, keys["private"])
+    statement = json.loads(base64.b64decode(_envelope(version)["payload"]))
+    assert "bom.cdx.json" in {s["name"] for s in statement["subject"]}
+    assert run_cli("verify", version, "--public-key", keys["public"]).exit_code == 0
