@@ -1,0 +1,132 @@
+"""Diagnose names the first layer where a converted artifact diverges from the original.
+
+The fault is injected for real: model A' is A with one layer's kernel perturbed, and the "artifact
+route" converts A' (cut at the same layer) with the exporter's own TFLite/ONNX conversion, while the
+reference is A. Only layers from the perturbed one on can differ, so diagnose must name it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+
+def _build(keras):
+    image = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv_a")(image)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv_b")(x)
+    x = keras.layers.BatchNormalization(name="norm")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv_c")(x)
+    x = keras.layers.Flatten(name="flat")(x)
+    x = keras.layers.Dense(16, activation="relu", name="hidden")(x)
+    out = keras.layers.Dense(10, activation="softmax", name="probabilities")(x)
+    return keras.Model(image, out, name="chain")
+
+
+@pytest.fixture(scope="module")
+def chain():
+    import keras
+
+    keras.utils.set_random_seed(5)
+    original = _build(keras)
+    rng = np.random.default_rng(0)
+    norm = original.get_layer("norm")
+    norm.set_weights([w + rng.uniform(0.1, 0.5, w.shape).astype("float32") for w in norm.get_weights()])
+    inputs = {"image": rng.uniform(0, 1, (16, 8, 8, 1)).astype("float32")}
+    return original, inputs
+
+
+def _faulty(keras, original, layer_name: str, delta: float):
+    """A copy of ``original`` whose ``layer_name`` kernel is off by ``delta`` in one element."""
+    copy = _build(keras)
+    copy.set_weights(original.get_weights())
+    layer = copy.get_layer(layer_name)
+    kernel, *rest = layer.get_weights()
+    kernel = kernel.copy()
+    kernel.flat[0] += delta
+    layer.set_weights([kernel, *rest])
+    return copy
+
+
+def _inject(route, faulty):
+    """The artifact route, converting the faulty copy cut at the same layer as the model it is given."""
+    from tfship.exporter.diagnose import Route, truncate
+
+    def convert(model, workdir: Path) -> Path:
+        cut_at = model.layers[-1].name
+        return route.convert(faulty if cut_at == faulty.layers[-1].name else truncate(faulty, cut_at), workdir)
+
+    return Route(route.label, convert, route.run)
+
+
+@pytest.mark.parametrize("label, layer", [("tflite", "conv_c"), ("onnx", "conv_b")])
+def test_diagnose_names_the_layer_with_the_injected_fault(chain, label, layer, tmp_path):
+    import keras
+
+    from tfship.core.tolerance import Tolerance
+    from tfship.exporter.diagnose import diagnose, route_for
+
+    original, inputs = chain
+    route = _inject(route_for(label), _faulty(keras, original, layer, 0.5))
+    result = diagnose(original, route, inputs, Tolerance(atol=1e-5, rtol=1e-5), tmp_path / "repro")
+    assert not result.full.passed
+    assert result.first_divergent is not None and result.first_divergent.name == layer, result.summary()
+    assert result.first_divergent.class_name == "Conv2D" and result.first_divergent.max_abs > 1e-3
+    assert result.before is not None and result.before.passed and result.before.max_abs < 1e-5
+    names = [layer_.name for layer_ in original.layers]
+    assert result.before.name == names[names.index(layer) - 1]
+    assert len(result.checked) <= 5  # bisection over 7 layers, not one conversion per layer
+    repro = result.reproduction
+    assert repro is not None and (repro / "inputs.npz").exists() and (repro / "report.json").exists()
+    converted = next(p for p in repro.iterdir() if p.name.startswith("truncated.") and p.suffix in (".tflite", ".onnx"))
+    # The reproduction is minimal and standalone: the truncated original ends at the layer, and its file still fails.
+    import keras as k
+
+    truncated = k.saving.load_model(repro / "truncated.keras")
+    assert truncated.layers[-1].name == layer
+    with np.load(repro / "inputs.npz") as saved:
+        feed = {name: saved[name] for name in saved.files}
+    expected = np.asarray(truncated([feed["image"]]))
+    actual = next(iter(route.run(converted, feed).values()))
+    assert np.max(np.abs(actual - expected)) > 1e-3
+    assert json.loads((repro / "report.json").read_text())["first_divergent"]["name"] == layer
+
+
+def test_diagnose_of_an_honest_conversion_finds_nothing(chain, tmp_path):
+    from tfship.core.tolerance import Tolerance
+    from tfship.exporter.diagnose import diagnose, route_for
+
+    original, inputs = chain
+    result = diagnose(original, route_for("tflite"), inputs, Tolerance(atol=1e-5, rtol=1e-5), tmp_path / "repro")
+    assert result.full.passed and result.first_divergent is None and result.reproduction is None
+    assert "matches the original" in result.summary()
+    assert not (tmp_path / "repro").exists()
+
+
+def test_diagnose_command_on_an_exported_version(digits_model, tmp_path):
+    """A real export whose TFLite fails a (deliberately tight) tolerance: the command names where the error appears."""
+    import click
+
+    from tfship.cli_diagnose import COMMANDS
+    from tfship.exporter import ExportOptions, export
+
+    export(ExportOptions(source=digits_model["h5"], name="digits", repo=tmp_path / "models", formats=("savedmodel", "tflite"),
+                         samples=digits_model["samples"], atol={"tflite": 0.0}, rtol={"tflite": 0.0}, allow_mismatch=True))
+    version = tmp_path / "models" / "digits" / "1"
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert next(p for p in manifest["parity"] if p["format"] == "tflite")["status"] == "mismatch"
+    group = click.Group("tfship", commands={c.name: c for c in COMMANDS})
+    result = CliRunner().invoke(group, ["diagnose", str(version), "--out", str(tmp_path / "out")], catch_exceptions=False)
+    assert result.exit_code == 3, result.output
+    assert "tflite: first diverges at layer" in result.output and "reproduction:" in result.output
+    report = json.loads(CliRunner().invoke(group, ["diagnose", str(version), "--out", str(tmp_path / "out"), "--json"]).stdout)
+    diagnosis = report["data"]["diagnoses"][0]
+    assert diagnosis["artifact"] == "tflite" and diagnosis["first_divergent"]["class_name"] in {"Conv2D", "Flatten", "Dense"}
+    assert Path(diagnosis["reproduction"], "truncated.tflite").exists()
+
+    missing = CliRunner().invoke(group, ["diagnose", str(version), "--artifact", "onnx"])
+    assert missing.exit_code == 2 and "this version has tflite" in missing.output
