@@ -233,8 +233,14 @@ def diagnose(model: Any, route: Route, inputs: dict[str, np.ndarray], tolerance:
     elementwise = Tolerance(atol=tolerance.atol, rtol=tolerance.rtol)
     with tempfile.TemporaryDirectory(prefix="tfship-diagnose-") as scratch:
         root = Path(scratch)
-        full, _ = _check(model, len(model.layers) - 1, model.name, type(model).__name__, route, inputs, tolerance, root / "full")
         checks: dict[int, tuple[LayerCheck, Path | None]] = {}
+        last_is_output = bool(points) and len(model.outputs) == 1 and points[-1].output is model.outputs[0]
+        full, artifact = _check(model, len(model.layers) - 1, model.name, type(model).__name__, route, inputs, tolerance, root / "full")
+        if last_is_output and tolerance.min_top1 is None:
+            # The last cut is the whole model, judged by the same rule: reuse its conversion.
+            layer = points[-1]
+            checks[len(points) - 1] = (LayerCheck(model.layers.index(layer), layer.name, type(layer).__name__, full.passed,
+                                                  full.max_abs, full.max_rel, full.error), artifact)
 
         def at(k: int) -> LayerCheck:
             if k not in checks:

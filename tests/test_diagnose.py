@@ -107,11 +107,13 @@ def test_diagnose_of_an_honest_conversion_finds_nothing(chain, tmp_path):
     assert not (tmp_path / "repro").exists()
 
 
+@pytest.mark.slow
 def test_diagnose_command_on_an_exported_version(digits_model, tmp_path):
     """A real export whose TFLite fails a (deliberately tight) tolerance: the command names where the error appears."""
     import click
+    from rich.console import Console
 
-    from tfship.cli_diagnose import COMMANDS
+    from tfship.cli_diagnose import COMMANDS, render_diagnoses
     from tfship.exporter import ExportOptions, export
 
     export(ExportOptions(source=digits_model["h5"], name="digits", repo=tmp_path / "models", formats=("savedmodel", "tflite"),
@@ -120,13 +122,16 @@ def test_diagnose_command_on_an_exported_version(digits_model, tmp_path):
     manifest = json.loads((version / "manifest.json").read_text())
     assert next(p for p in manifest["parity"] if p["format"] == "tflite")["status"] == "mismatch"
     group = click.Group("tfship", commands={c.name: c for c in COMMANDS})
-    result = CliRunner().invoke(group, ["diagnose", str(version), "--out", str(tmp_path / "out")], catch_exceptions=False)
+    result = CliRunner().invoke(group, ["diagnose", str(version), "--out", str(tmp_path / "out"), "--json"], catch_exceptions=False)
     assert result.exit_code == 3, result.output
-    assert "tflite: first diverges at layer" in result.output and "reproduction:" in result.output
-    report = json.loads(CliRunner().invoke(group, ["diagnose", str(version), "--out", str(tmp_path / "out"), "--json"]).stdout)
-    diagnosis = report["data"]["diagnoses"][0]
+    diagnosis = json.loads(result.stdout)["data"]["diagnoses"][0]
     assert diagnosis["artifact"] == "tflite" and diagnosis["first_divergent"]["class_name"] in {"Conv2D", "Flatten", "Dense"}
     assert Path(diagnosis["reproduction"], "truncated.tflite").exists()
+    console = Console(record=True, width=100)
+    render_diagnoses(console, [diagnosis])
+    text = console.export_text()
+    assert f"tflite: first diverges at layer {diagnosis['first_divergent']['index']} '{diagnosis['first_divergent']['name']}'" in text
+    assert "error there:" in text and "before it:" in text and f"reproduction: {diagnosis['reproduction']}" in text
 
     missing = CliRunner().invoke(group, ["diagnose", str(version), "--artifact", "onnx"])
     assert missing.exit_code == 2 and "this version has tflite" in missing.output
