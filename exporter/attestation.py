@@ -44,7 +44,7 @@ def predicate(manifest: mf.Manifest, golden_sha256: str) -> dict[str, Any]:
             "status": entry.status, "error": entry.error, "tolerance": dict(entry.tolerance),
             "outputs": [{k: o.get(k) for k in OUTPUT_FIELDS} for o in entry.outputs],
         })
-    return {
+    result: dict[str, Any] = {
         "model": {"name": manifest.name, "version": manifest.version, "created": manifest.created,
                   "signature": manifest.signature.to_dict()},
         "source": {"path": manifest.source.get("path", ""), "kind": manifest.source.get("kind", ""),
@@ -54,6 +54,10 @@ def predicate(manifest: mf.Manifest, golden_sha256: str) -> dict[str, Any]:
         "parity": parity,
         "tfship": manifest.tfship_version,
     }
+    if manifest.diagnoses:
+        result["diagnoses"] = [{"artifact": d.get("artifact"), "summary": d.get("summary"),
+                                "firstDivergent": d.get("first_divergent"), "before": d.get("before")} for d in manifest.diagnoses]
+    return result
 
 
 def _check_artifacts_unchanged(directory: Path, manifest: mf.Manifest, subjects: dict[str, str]) -> None:

@@ -18,7 +18,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -222,17 +222,21 @@ def _check(model: Any, index: int, layer_name: str, class_name: str, route: Rout
     return LayerCheck(index, layer_name, class_name, passed, worst_abs, worst_rel, "; ".join(reasons)), artifact
 
 
-def diagnose(model: Any, route: Route, inputs: dict[str, np.ndarray], tolerance: Tolerance, out: Path | None) -> Diagnosis:
+def diagnose(model: Any, route: Route, inputs: dict[str, np.ndarray], tolerance: Tolerance, out: Path | None,
+             scratch: Path | None = None) -> Diagnosis:
     """Bisect ``model``'s layers for the first one whose truncated model fails through ``route``.
 
     ``out`` receives the minimal reproduction (the truncated Keras model, its converted file, the
-    samples and ``report.json``); None keeps nothing.
+    samples and ``report.json``); None keeps nothing. Conversions happen in a temporary folder under
+    ``scratch`` (the system's temporary folder by default; the confined export worker passes its staging).
     """
     points = cut_points(model)
     # Intermediate activations are not class scores: judge them element by element.
     elementwise = Tolerance(atol=tolerance.atol, rtol=tolerance.rtol)
-    with tempfile.TemporaryDirectory(prefix="tfship-diagnose-") as scratch:
-        root = Path(scratch)
+    if scratch is not None:
+        Path(scratch).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tfship-diagnose-", dir=scratch) as work:
+        root = Path(work)
         checks: dict[int, tuple[LayerCheck, Path | None]] = {}
         last_is_output = bool(points) and len(model.outputs) == 1 and points[-1].output is model.outputs[0]
         full, artifact = _check(model, len(model.layers) - 1, model.name, type(model).__name__, route, inputs, tolerance, root / "full")
@@ -334,3 +338,61 @@ def diagnose_version(version: Path, *, source: Path | None = None, artifacts: tu
         route = route_for(parity.label, opset=opset, calibration=inputs)
         results.append(diagnose(loaded.keras_model, route, inputs, tolerance, destination))
     return results
+
+
+# --- inside the export ------------------------------------------------------------------------------
+
+# Where the export worker (which may write only its staging folder) leaves reproductions; the parent
+# moves the folder out of the version with move_reproductions() before it signs or discards it.
+STAGING_DIR = ".diagnose"
+
+
+def diagnose_export(keras_model: Any, parity: list[mf.ArtifactParity] | tuple[mf.ArtifactParity, ...], inputs: dict[str, np.ndarray],
+                    staging: Path, *, opset: int | None = None, calibration: dict[str, np.ndarray] | None = None,
+                    everything: bool = False, progress: Callable[[str], None] | None = None) -> list[Diagnosis]:
+    """Diagnose the converted artifacts that failed parity (``everything``: all of them) during an export.
+
+    ``parity`` entries carry each artifact's tolerance; a ``failed`` artifact (it did not convert or
+    run) is diagnosed too: bisection then finds the first layer that does not convert.
+    """
+    if keras_model is None:
+        return []
+    chosen = [p for p in parity if p.format in ("tflite", "onnx") and (everything or p.status != "pass")]
+    results = []
+    for entry in chosen:
+        if progress is not None:
+            progress(f"diagnosing {entry.label}: bisecting the layers for the first that diverges")
+        tolerance = Tolerance(atol=float(entry.tolerance.get("atol", 1e-5)), rtol=float(entry.tolerance.get("rtol", 1e-5)),
+                              min_top1=entry.tolerance.get("min_top1"))
+        route = route_for(entry.label, opset=opset, calibration=calibration or inputs)
+        found = diagnose(keras_model, route, inputs, tolerance, Path(staging) / STAGING_DIR,
+                         scratch=Path(staging) / STAGING_DIR / ".work")
+        if found.reproduction is not None:
+            # Named relative to the reproductions folder: the parent moves that folder out of the version.
+            relative = Path(found.reproduction.name)
+            found = replace(found, reproduction=relative)
+            (Path(staging) / STAGING_DIR / relative / REPORT).write_text(
+                json.dumps(found.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+        results.append(found)
+    shutil.rmtree(Path(staging) / STAGING_DIR / ".work", ignore_errors=True)
+    return results
+
+
+def move_reproductions(staging: Path, destination: Path) -> Path | None:
+    """Move the reproductions the worker left in ``staging`` to ``destination``; None when there are none."""
+    source = Path(staging) / STAGING_DIR
+    if not source.is_dir():
+        return None
+    shutil.rmtree(source / ".work", ignore_errors=True)
+    if not any(source.iterdir()):
+        source.rmdir()
+        return None
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(source.iterdir()):
+        target = destination / entry.name
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(str(entry), str(target))
+    source.rmdir()
+    return destination

@@ -74,6 +74,8 @@ class Manifest:
     samples: dict[str, Any]
     notices: tuple[str, ...] = ()
     schema: int = SCHEMA
+    # Where a failing artifact first diverges from the original (tfship.exporter.diagnose), one entry per artifact.
+    diagnoses: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -105,6 +107,7 @@ class Manifest:
                 for p in data["parity"]
             ),
             samples=data.get("samples", {}), notices=tuple(data.get("notices", ())), schema=data.get("schema", SCHEMA),
+            diagnoses=tuple(data.get("diagnoses", ())),
         )
 
 

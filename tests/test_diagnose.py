@@ -135,3 +135,28 @@ def test_diagnose_command_on_an_exported_version(digits_model, tmp_path):
 
     missing = CliRunner().invoke(group, ["diagnose", str(version), "--artifact", "onnx"])
     assert missing.exit_code == 2 and "this version has tflite" in missing.output
+
+
+def test_export_diagnoses_failing_artifacts_in_staging_and_moves_the_reproduction_out(chain, tmp_path):
+    """What the export worker runs after parity (it may write only its staging folder), and what the parent moves out."""
+    from tfship.exporter import manifest as mf
+    from tfship.exporter.diagnose import STAGING_DIR, diagnose_export, move_reproductions
+
+    original, inputs = chain
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    exact = {"atol": 0.0, "rtol": 0.0, "min_top1": None}
+    parity = [mf.ArtifactParity("savedmodel", "float32", ".", "mismatch", tolerance=exact),
+              mf.ArtifactParity("onnx", "float32", "model.onnx", "pass", tolerance=exact),
+              mf.ArtifactParity("tflite", "float32", "model.tflite", "mismatch", "output 'probabilities': 1 element beyond", tolerance=exact)]
+    results = diagnose_export(original, parity, inputs, staging)
+    assert [d.artifact for d in results] == ["tflite"]  # only the converted artifact that failed
+    found = results[0]
+    assert found.first_divergent is not None and not found.first_divergent.passed
+    assert found.first_divergent.max_abs > 0.0 and found.reproduction == Path("tflite")
+    assert sorted(p.name for p in (staging / STAGING_DIR).iterdir()) == ["tflite"]  # no scratch left behind
+    moved = move_reproductions(staging, tmp_path / "tfship-diagnose" / "chain-1")
+    assert moved == tmp_path / "tfship-diagnose" / "chain-1" and not (staging / STAGING_DIR).exists()
+    assert (moved / "tflite" / "truncated.tflite").exists() and (moved / "tflite" / "truncated.keras").exists()
+    assert json.loads((moved / "tflite" / "report.json").read_text())["reproduction"] == "tflite"
+    assert move_reproductions(staging, tmp_path / "elsewhere") is None and not (tmp_path / "elsewhere").exists()
