@@ -37,12 +37,18 @@ class OutputComparison:
     top1_agreement: float | None
     tolerance: Tolerance
     abs_errors_sample: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    # |actual - reference| / allowed error, for the same elements as abs_errors_sample: an element fails
+    # when its ratio is above 1. allowed = max(atol, rtol * |reference|) (beyond both fails), or atol
+    # under the top-1 rule. The report plots its distribution against the line at 1.
+    error_ratio_sample: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    exact_elements: int = 0  # elements where served == original exactly
     # The largest absolute errors: (index, reference value, actual value, abs error), worst first.
     worst_cases: tuple[tuple[tuple[int, ...], float, float, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("abs_errors_sample")
+        data.pop("error_ratio_sample")
         data["worst_cases"] = [{"index": list(i), "reference": r, "actual": a, "abs_error": e} for i, r, a, e in self.worst_cases]
         data["tolerance"] = asdict(self.tolerance)
         data["shape"] = list(self.shape)
@@ -67,11 +73,12 @@ def is_classifier_like(reference: np.ndarray) -> bool:
 
 
 def _without_errors(name: str, reason: str, shape: tuple[int, ...], total: int, tolerance: Tolerance,
-                    failed: int = 0) -> OutputComparison:
+                    failed: int = 0, exact: int = 0) -> OutputComparison:
     """A result with no numeric error statistics: passed when ``reason`` is empty."""
     return OutputComparison(name=name, passed=not reason, reason=reason, shape=shape, max_abs=0.0, p99_abs=0.0, max_rel=0.0,
                             p99_rel=0.0, worst_index=(), worst_reference=0.0, worst_actual=0.0, failed_elements=failed,
-                            total_elements=total, nan_count=0, inf_count=0, top1_agreement=None, tolerance=tolerance)
+                            total_elements=total, nan_count=0, inf_count=0, top1_agreement=None, tolerance=tolerance,
+                            exact_elements=exact)
 
 
 def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, tolerance: Tolerance) -> OutputComparison:
@@ -83,7 +90,8 @@ def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, toleran
     if reference.dtype == object or actual.dtype == object or reference.dtype.kind in "SU":
         mismatched = int(np.sum(reference != actual))
         return _without_errors(name, f"{mismatched} values differ" if mismatched else "", tuple(actual.shape),
-                               int(reference.size), tolerance, failed=mismatched)
+                               int(reference.size), tolerance, failed=mismatched,
+                               exact=int(reference.size) - mismatched)
     ref = reference.astype(np.float64)
     act = actual.astype(np.float64)
     nan_count = int(np.isnan(act).sum())
@@ -118,9 +126,15 @@ def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, toleran
     top = np.argsort(flat_err)[::-1][:5]
     worst_cases = tuple((tuple(int(i) for i in np.unravel_index(int(k), abs_err.shape)), float(ref.reshape(-1)[k]),
                          float(act.reshape(-1)[k]), float(flat_err[k])) for k in top)
-    sample = flat_err
-    if sample.size > 10_000:
-        sample = sample[np.linspace(0, sample.size - 1, 10_000).astype(np.int64)]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        allowed = (np.full(flat_err.shape, tolerance.atol) if tolerance.min_top1 is not None
+                   else np.maximum(tolerance.atol, tolerance.rtol * np.abs(ref.reshape(-1))))
+        ratio = np.where(flat_err == 0, 0.0, flat_err / allowed)
+    ratio = np.where(np.isnan(ratio), np.inf, ratio)
+    picked = np.arange(flat_err.size)
+    if picked.size > 10_000:
+        picked = np.linspace(0, flat_err.size - 1, 10_000).astype(np.int64)
+    sample = flat_err[picked]
     return OutputComparison(
         name=name, passed=passed, reason=reason, shape=tuple(actual.shape),
         max_abs=max_abs, p99_abs=float(np.percentile(abs_err, 99)),
@@ -130,6 +144,7 @@ def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, toleran
         worst_actual=float(act.reshape(-1)[flat_worst]), failed_elements=failed, total_elements=int(reference.size),
         nan_count=nan_count, inf_count=inf_count, top1_agreement=top1, tolerance=tolerance,
         abs_errors_sample=tuple(float(x) for x in sample), worst_cases=worst_cases,
+        error_ratio_sample=tuple(float(x) for x in ratio[picked]), exact_elements=int(np.sum(flat_err == 0)),
     )
 
 

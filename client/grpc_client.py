@@ -100,6 +100,8 @@ class ServingClient:
         self.target = target
         self.timeout = timeout
         self.retries = retries
+        self._tls = (root_certificates, private_key, certificate_chain, server_name)
+        self.uses_tls = bool(root_certificates or private_key or certificate_chain)
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -161,9 +163,23 @@ class ServingClient:
         except grpc.RpcError as exc:
             raise self._error(exc, method, seconds) from exc
 
+    def tls_problem(self, timeout: float = 5.0) -> str | None:
+        """With TLS: why a handshake with the server fails (certificates refused, expired...), in one line; else None."""
+        if not self.uses_tls:
+            return None
+        from tfship.client.tls import tls_problem
+
+        root, key, chain, name = self._tls
+        return tls_problem(self.target, root_certificates=root, private_key=key, certificate_chain=chain,
+                           server_name=name, timeout=min(timeout, self.timeout))
+
     def _error(self, exc: grpc.RpcError, method: str, seconds: float) -> ServerUnavailable | RpcError:
         code = exc.code().name if exc.code() is not None else "UNKNOWN"
         details = exc.details() or ""
+        if self.uses_tls and (code == "UNAVAILABLE" or (code == "DEADLINE_EXCEEDED" and self.connectivity is not grpc.ChannelConnectivity.READY)):
+            problem = self.tls_problem()
+            if problem:
+                return ServerUnavailable(problem, code=code)
         if code == "UNAVAILABLE":
             attempts = f" after {self.retries + 1} attempts" if self.retries else ""
             return ServerUnavailable(f"{self.target} is unavailable{attempts}: {details or 'no details'}", code=code)

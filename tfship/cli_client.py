@@ -38,8 +38,18 @@ def _client(target: str, timeout: float, root_certificates: Path | None, private
     def read(path: Path | None) -> bytes | None:
         return Path(path).read_bytes() if path else None
 
-    return ServingClient(target, timeout=timeout, root_certificates=read(root_certificates), private_key=read(private_key),
-                         certificate_chain=read(certificate_chain), server_name=server_name)
+    if bool(private_key) != bool(certificate_chain):
+        raise UsageError("--private-key and --certificate-chain go together (the client certificate for mTLS)")
+    client = ServingClient(target, timeout=timeout, root_certificates=read(root_certificates), private_key=read(private_key),
+                           certificate_chain=read(certificate_chain), server_name=server_name)
+    # A certificate problem is found in one handshake, before any call waits for its deadline.
+    problem = client.tls_problem()
+    if problem:
+        from tfship.core.errors import ServerUnavailable
+
+        client.close()
+        raise ServerUnavailable(problem, code="UNAVAILABLE")
+    return client
 
 
 def _version_or_label(value: str | None) -> tuple[int | None, str | None]:
@@ -65,6 +75,8 @@ def _render_validate(console: Any, data: dict[str, Any]) -> None:
                       f"{data['throughput_samples_per_s']:.1f} samples/s")
     if data.get("report"):
         console.print(f"report: {data['report']['html']}")
+    if data.get("junit"):
+        console.print(f"junit: {data['junit']}")
 
 
 @click.command("validate")
@@ -80,14 +92,16 @@ def _render_validate(console: Any, data: dict[str, Any]) -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Samples per request.")
 @click.option("--concurrency", type=click.IntRange(1), default=4, show_default=True, help="Requests in flight.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Folder for report.html and report.json.")
+@click.option("--junit", "junit_path", type=click.Path(path_type=Path, dir_okay=False), help="Write JUnit XML here (one test case per output) for CI.")
 @command("validate", _render_validate)
 def validate_cmd(target, model, timeout, root_certificates, private_key, certificate_chain, server_name, version, label,
-                 golden, original, inputs_path, architecture, rtol, atol, batch_size, concurrency, report_dir):
+                 golden, original, inputs_path, architecture, rtol, atol, batch_size, concurrency, report_dir, junit_path):
     """Check that MODEL at TARGET serves the expected signature and predicts what the original predicts.
 
     Exit 0 pass, 3 mismatch (signature or values), 4 server or model unavailable, 1 error.
     """
     from tfship.client.golden import load_golden
+    from tfship.client.junit import write_junit
     from tfship.client.report import write_validation_report
     from tfship.client.validate import raise_for, validate
     from tfship.core.errors import EXIT_MISMATCH, PredictionMismatch
@@ -117,13 +131,18 @@ def validate_cmd(target, model, timeout, root_certificates, private_key, certifi
         signature = golden_set.signature
     else:
         raise UsageError("give --golden models/NAME/VERSION/golden.npz, or --original SOURCE --inputs X.npz")
+    version_dir = None
+    if golden:
+        version_dir = Path(golden) if Path(golden).is_dir() else Path(golden).parent
     with _client(target, timeout, root_certificates, private_key, certificate_chain, server_name) as client:
         report = validate(client, model, inputs, expected, signature, Tolerance(atol=atol, rtol=rtol), version=version,
                           label=label, batch_size=batch_size, concurrency=concurrency)
     data = report.to_dict()
     if report_dir:
-        paths = write_validation_report(report_dir, report)
+        paths = write_validation_report(report_dir, report, version_dir=version_dir)
         data["report"] = {k: str(v) for k, v in paths.items()}
+    if junit_path:
+        data["junit"] = str(write_junit(junit_path, [report]))
     try:
         raise_for(report)
     except PredictionMismatch as exc:
@@ -214,4 +233,82 @@ def bench_cmd(target, model, timeout, root_certificates, private_key, certificat
     return data
 
 
-COMMANDS = [validate_cmd, compare_cmd, bench_cmd]
+def _render_probe(console: Any, data: dict[str, Any]) -> None:
+    console.print(f"{data['model']} at {data['target']}: {data['rounds']} rounds, {data['ok']} ok, {data['mismatches']} mismatched, "
+                  f"{data['errors']} failed; versions seen {', '.join(map(str, data['versions_seen'])) or '-'}")
+    if data["last_problem"]:
+        console.print(f"last problem: {data['last_problem']}")
+
+
+@click.command("probe")
+@_client_options
+@click.option("--golden", required=True, type=click.Path(path_type=Path), help="golden.npz of the expected version (or its directory).")
+@click.option("--every", default="30s", show_default=True, help="Time between rounds: 30s, 5m, 500ms.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics on this port (/metrics).")
+@click.option("--metrics-host", default="0.0.0.0", show_default=True, help="Address for the metrics endpoint.")
+@click.option("--rounds", type=click.IntRange(1), help="Stop after this many rounds (default: until SIGTERM or Ctrl-C).")
+@click.option("--version", "version", type=int, help="Probe this version (default: what the server serves).")
+@click.option("--label", help="Probe the version behind this label.")
+@click.option("--max-samples", type=click.IntRange(1, 100_000), default=64, show_default=True, help="Golden samples per round (successive rounds take the next ones).")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Samples per request.")
+@click.option("--rtol", type=float, default=1e-5, show_default=True)
+@click.option("--atol", type=float, default=1e-5, show_default=True)
+@command("probe", _render_probe)
+def probe_cmd(target, model, timeout, root_certificates, private_key, certificate_chain, server_name, golden, every,
+              metrics_port, metrics_host, rounds, version, label, max_samples, batch_size, rtol, atol):
+    """Replay the golden set against MODEL at TARGET on a schedule and export Prometheus metrics.
+
+    tfship_probe_parity_ok{model,version} is 1 while the answers match, 0 once they do not. Runs until
+    SIGTERM or Ctrl-C (exit 0), or for --rounds N (exit 0 if every round matched, 3 on a mismatch, 4 if
+    the server failed to answer).
+    """
+    import signal
+    import threading
+
+    from prometheus_client import start_http_server
+
+    from tfship.client.golden import load_golden
+    from tfship.client.probe import ProbeMetrics, Prober, parse_duration, run_probe
+    from tfship.core.errors import EXIT_MISMATCH, EXIT_UNAVAILABLE
+    from tfship.core.tolerance import Tolerance
+
+    if version is not None and label:
+        raise UsageError("give --version or --label, not both")
+    seconds = parse_duration(every)
+    golden_set = load_golden(golden)
+    metrics = ProbeMetrics()
+    stop = threading.Event()
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    server = None
+    try:
+        if metrics_port is not None:
+            server, _thread = start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry)
+            click.echo(f"tfship probe: metrics on http://{metrics_host}:{server.server_port}/metrics", err=True)
+
+        def on_round(number: int, results: Any, problem: str) -> None:
+            verdict = "error" if results is None else ("ok" if not problem else "MISMATCH")
+            versions = ",".join(map(str, sorted(results))) if results else "-"
+            click.echo(f"tfship probe: round {number}: {verdict} (version {versions}){': ' + problem if problem else ''}", err=True)
+
+        with _client(target, timeout, root_certificates, private_key, certificate_chain, server_name) as client:
+            prober = Prober(client, model, golden_set, Tolerance(atol=atol, rtol=rtol), metrics, version=version, label=label,
+                            max_samples=max_samples, batch_size=batch_size)
+            summary = run_probe(prober, every=seconds, rounds=rounds, stop=stop, on_round=on_round)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    data = {"model": model, "target": target, **summary.to_dict()}
+    if stop.is_set() or rounds is None:
+        return data
+    if summary.errors:
+        return data, EXIT_UNAVAILABLE
+    return (data, EXIT_MISMATCH) if summary.mismatches else data
+
+
+COMMANDS = [validate_cmd, compare_cmd, bench_cmd, probe_cmd]
