@@ -63,7 +63,7 @@ def design_samples(model_or_config: Any, signature: Signature, count: int = samp
                    seed: int = sample_inputs.SEED, predict: Predict | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Inputs for ``signature`` that exercise the model, and a report for the manifest's ``samples``.
 
-    ``model_or_config``: a Keras 3 or tf_keras model, its ``get_config()`` dict, or None (a SavedModel
+    ``model_or_config``: a Keras 3 or tf_keras model, its ``get_config()`` (or ``to_json()`` parsed), or None (a SavedModel
     source: no layers to follow). ``predict`` runs the original model on a dict of inputs; without it
     floats are uniform [0, 1) and no output is checked.
 
@@ -156,12 +156,14 @@ def id_ranges(model_or_config: Any, signature: Signature) -> dict[str, IdRange]:
     """Inputs of ``signature`` that a layer reads as ids (Embedding, lookups, one-hot, CategoryEncoding), with their range."""
     if model_or_config is None:
         return {}
-    model = None if isinstance(model_or_config, dict) else model_or_config
+    model = None if isinstance(model_or_config, (dict, list)) else model_or_config
     try:
-        config = model_or_config if isinstance(model_or_config, dict) else model_or_config.get_config()
+        config = model_or_config if model is None else model.get_config()
     except Exception as exc:  # a model without a config (subclassed): nothing to follow
         log.debug("samples: no model config: %s", exc)
         return {}
+    if isinstance(config, dict) and "class_name" in config and isinstance(config.get("config"), (dict, list)):
+        config = config["config"]  # a whole model.to_json() / config.json, not just its config
     layers = _layer_objects(model)
     starts = _input_layers(config)
     names = [s.name for s in signature.inputs]
