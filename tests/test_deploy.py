@@ -301,6 +301,10 @@ def test_the_server_runs_with_the_generated_flags_and_models_config(signed_repo,
         wait_until(serving, 120, "the server to report SERVING", poll=0.5)
         assert probe(f"127.0.0.1:{grpc_port}", ["digits"]) is None
         assert (probe(f"127.0.0.1:{grpc_port}", ["digits", "absent"]) or "").startswith("absent: ")
+        # the exec probe as the kubelet runs it: exit 0 ready, non-zero not
+        assert _deploy("probe", "--target", f"127.0.0.1:{grpc_port}", "--model", "digits")[0] == 0
+        code, _, stderr = _deploy("probe", "--target", f"127.0.0.1:{grpc_port}", "--model", "absent")
+        assert code == 1 and "not ready: absent" in stderr
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -108,13 +108,14 @@ def _render_rollout(console: Any, data: dict[str, Any]) -> None:
         console.print(data["patch_text"], end="", markup=False, highlight=False)
         return
     console.print(f"{data['model']}: canary version {data['canary']} against stable version {data['stable']}: "
-                  f"{data['decision'].upper()} ({data['reason']})")
+                  f"{data['decision'].replace('_', ' ').upper()} ({data['reason']})")
     for label in ("stable", "canary"):
         evidence = data["evidence"].get(label) or {}
         parity = evidence.get("parity")
         latency = evidence.get("latency") or {}
-        console.print(f"  {label}: parity {'-' if parity is None else ('pass' if parity['passed'] else 'FAIL')}, "
-                      f"p50 {latency.get('p50_ms', 0):.2f} ms, p99 {latency.get('p99_ms', 0):.2f} ms")
+        timing = f"p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms" if latency else "no latency sample"
+        console.print(f"  {label} (version {evidence.get('version')}): parity "
+                      f"{'-' if parity is None else ('pass' if parity['passed'] else 'FAIL')}, {timing}")
     if data.get("report"):
         console.print(f"report: {data['report']}")
 
