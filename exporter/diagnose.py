@@ -77,7 +77,8 @@ class Diagnosis:
     def summary(self) -> str:
         if self.first_divergent is None:
             if self.full.passed:
-                return f"{self.artifact}: matches the original at the output ({self.full.describe()})"
+                return (f"{self.artifact}: matches the original at the output (max abs error {self.full.max_abs or 0.0:.3g}, "
+                        f"max rel error {self.full.max_rel or 0.0:.3g})")
             return (f"{self.artifact}: the whole model fails ({self.full.error}) but every truncated model matches: "
                     f"the divergence is in how outputs are assembled, not in one layer")
         layer = self.first_divergent
