@@ -397,3 +397,9 @@ def move_reproductions(staging: Path, destination: Path) -> Path | None:
         shutil.move(str(entry), str(target))
     source.rmdir()
     return destination
+
+
+def located(diagnoses: tuple[dict[str, Any], ...] | list[dict[str, Any]], folder: Path | None) -> list[dict[str, Any]]:
+    """Diagnoses from a manifest with each reproduction's path inside ``folder`` (where move_reproductions put it)."""
+    return [{**d, "reproduction": str(Path(folder) / d["reproduction"]) if folder is not None and d.get("reproduction") else None}
+            for d in diagnoses]
