@@ -133,7 +133,7 @@ def separable_residual(tmp: Path) -> tuple[Path, None, None]:
     return _save(model, tmp / "separable.keras")
 
 
-def _recurrent(layer: str, stateful: bool = False, bidirectional: bool = False):
+def _recurrent(layer: str, stateful: bool = False, bidirectional: bool = False) -> Callable[[Path], tuple[Path, None, None]]:
     def make(tmp: Path) -> tuple[Path, None, None]:
         keras = _k3()
         shape = dict(batch_shape=(1, 12, 6)) if stateful else dict(shape=(12, 6))
@@ -346,7 +346,7 @@ def corpus(shared: Path = SHARED) -> list[Entry]:
     return entries
 
 
-def _shared_entry(base: Path, source: str, architecture: str | None):
+def _shared_entry(base: Path, source: str, architecture: str | None) -> Callable[[Path], tuple[Path, str | None, None]]:
     def make(tmp: Path) -> tuple[Path, str | None, None]:
         arch = architecture if architecture is None or ":" in architecture else str(base / architecture)
         return base / source, arch, None
