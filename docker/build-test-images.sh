@@ -30,10 +30,16 @@ SUITE=bookworm  # its python3 is 3.11: the wheels below are cp311
 # OpenMP for onnxruntime, CA certificates for anything that talks TLS.
 PACKAGES=python3,python3-venv,libgomp1,ca-certificates
 LABEL=org.tfship.inputs
-# pip --platform does not widen manylinux_2_X to older glibc versions by itself: list them all.
-# Bookworm has glibc 2.36.
-PLATFORMS=(manylinux2014_x86_64 manylinux2010_x86_64 manylinux1_x86_64)
-for minor in $(seq 17 36); do PLATFORMS+=("manylinux_2_${minor}_x86_64"); done
+# The wheels are for this machine's architecture (the images are built for the local engine): x86_64, or
+# aarch64 on an arm64 host. pip --platform does not widen manylinux_2_X to older glibc versions by itself:
+# list them all. Bookworm has glibc 2.36.
+ARCH=$(uname -m)
+case "$ARCH" in
+    x86_64) PLATFORMS=(manylinux2014_x86_64 manylinux2010_x86_64 manylinux1_x86_64) ;;
+    aarch64 | arm64) ARCH=aarch64; PLATFORMS=(manylinux2014_aarch64) ;;
+    *) echo "build-test-images: no manylinux wheels for $ARCH" >&2; exit 1 ;;
+esac
+for minor in $(seq 17 36); do PLATFORMS+=("manylinux_2_${minor}_${ARCH}"); done
 # The build backend (pyproject.toml [build-system]): tfship is built inside the image, offline.
 BUILD_REQUIREMENTS=("setuptools>=77" "wheel")
 
@@ -109,7 +115,7 @@ build_base() {
     say "$BASE_IMAGE built"
 }
 
-# -- (b) the wheelhouse: tfship's dependencies for cp311 manylinux x86_64 ---------------------------
+# -- (b) the wheelhouse: tfship's dependencies for cp311 manylinux on this architecture -------------
 requirements() {
     "$PYTHON" - "$ROOT/pyproject.toml" <<'EOF'
 import sys, tomllib
@@ -123,14 +129,14 @@ fill_wheelhouse() {  # prints the wheelhouse's path
     local reqs key wheelhouse
     reqs=$(requirements)
     key=$( { echo "$reqs"; printf '%s\n' "${BUILD_REQUIREMENTS[@]}" "${PLATFORMS[@]}"; } | sha)
-    wheelhouse="$CACHE/wheelhouse-cp311-x86_64-$key"
+    wheelhouse="$CACHE/wheelhouse-cp311-$ARCH-$key"
     if [[ ! -f "$wheelhouse/requirements.txt" ]]; then
         local partial="$wheelhouse.partial"
         rm -rf "$partial" && mkdir -p "$partial"
         echo "$reqs" >"$partial/requirements.in"
         local platform_args=()
         for platform in "${PLATFORMS[@]}"; do platform_args+=(--platform "$platform"); done
-        say "filling the wheelhouse for cp311 manylinux x86_64 (about 1 GB once; TensorFlow is most of it)"
+        say "filling the wheelhouse for cp311 manylinux $ARCH (about 1 GB once; TensorFlow is most of it)"
         "$PYTHON" -m pip download --quiet --disable-pip-version-check --dest "$partial" --only-binary=:all: \
             --python-version 3.11 --implementation cp --abi cp311 "${platform_args[@]}" \
             -r "$partial/requirements.in" "${BUILD_REQUIREMENTS[@]}" >&2 \

@@ -47,10 +47,11 @@ ENV PATH=/opt/tfship/bin:$PATH \
     MODEL_BASE_PATH=/models \
     MODEL_NAME=model
 EXPOSE 8500 8501
-# Healthy once the model named by MODEL_NAME has an AVAILABLE version (read from the environment when
-# the check runs, so `docker run -e MODEL_NAME=...` is what gets checked).
+# Healthy once every configured model (MODEL_NAME's, or each one of --model_config_file) has an AVAILABLE
+# version: tfship's server answers GET /v1/ready with 200 then, and with 503 and each model's reason
+# otherwise (the reason lands in `docker inspect`'s health log). /v1/live is the liveness probe.
 HEALTHCHECK --interval=5s --timeout=5s --start-period=120s --retries=3 \
-  CMD ["python3", "-c", "import os, sys, urllib.request; url = 'http://127.0.0.1:8501/v1/models/' + os.environ['MODEL_NAME']; sys.exit(0 if b'\"AVAILABLE\"' in urllib.request.urlopen(url, timeout=4).read() else 1)"]
+  CMD ["python3", "-c", "import sys, urllib.request\ntry:\n    urllib.request.urlopen('http://127.0.0.1:8501/v1/ready', timeout=4)\nexcept OSError as exc:\n    sys.exit('not ready: ' + (exc.read(400).decode('utf-8', 'replace') if hasattr(exc, 'read') else str(exc)))"]
 ENTRYPOINT ["/bin/sh", "-c", "exec tfship-model-server --port=8500 --rest_api_port=8501 --model_name=\"${MODEL_NAME}\" --model_base_path=\"${MODEL_BASE_PATH}/${MODEL_NAME}\" \"$@\"", "tfship-model-server"]
 WORKDIR /home/tfship
 COPY --from=install /opt/tfship /opt/tfship
@@ -58,3 +59,6 @@ COPY --from=install /dist /dist
 # Offline the dependencies are all in /opt/tfship already; otherwise pip fetches them here.
 RUN /opt/tfship/bin/pip install --quiet --no-cache-dir --disable-pip-version-check /dist/*.whl
 USER 10001
+# `tfship serve up --engine docker --image ...` reads it: this image's server takes flags older official
+# images refuse as unknown (--enable_grpc_healthcheck_service, --max_num_load_retries).
+LABEL org.tfship.model-server="tfship-model-server"

@@ -4,7 +4,8 @@ The container sees the repository read-only at /models, reads the generated mode
 and polls it (and the version directories) for changes. Its entrypoint already passes --port=8500
 --rest_api_port=8501 --model_name --model_base_path; the flags below are appended after the image.
 An image labelled ``org.tfship.model-server`` (docker/model-server.Dockerfile) runs tfship's server: it also
-gets --enable_grpc_healthcheck_service, which the official image's older releases refuse as unknown.
+gets --enable_grpc_healthcheck_service and --max_num_load_retries=0 (``server_flags``), flags the official
+image's older releases refuse as unknown.
 """
 
 from __future__ import annotations
@@ -69,11 +70,15 @@ def container_name(repo: Path) -> str:
 
 
 def server_flags(*, batching: bool, ssl: bool, monitoring: bool = True, intra_op_threads: int = 0,
-                 inter_op_threads: int = 0, health_service: bool = False) -> list[str]:
+                 inter_op_threads: int = 0, tfship_server: bool = False) -> list[str]:
+    """The server's flags. ``tfship_server``: the image runs tfship's server, which also gets what serve up
+    gives the local engine: grpc.health.v1, and a failed load reported at once instead of retried 5 times a
+    minute apart (TF Serving's --max_num_load_retries default), so that serve up shows the failure, not a
+    timeout. Neither goes to the official image: its older releases know neither flag and exit on one."""
     flags = [f"--model_config_file={CONTAINER_ROOT}/{MODELS_CONFIG}",
              f"--model_config_file_poll_wait_seconds={CONFIG_POLL_SECONDS}"]
-    if health_service:
-        flags.append("--enable_grpc_healthcheck_service=true")
+    if tfship_server:
+        flags += ["--enable_grpc_healthcheck_service=true", "--max_num_load_retries=0"]
     if batching:
         flags += ["--enable_batching=true", f"--batching_parameters_file={CONTAINER_ROOT}/{BATCHING_CONFIG}"]
     if monitoring:
@@ -134,7 +139,7 @@ def container_spec(repo: Path, *, grpc_port: int = 8500, rest_port: int = 8501, 
     --model_name, which --model_config_file overrides; the compose file's health check falls back to it on the
     official image). ``public_key``: mounted read-only and named by TFSHIP_PUBLIC_KEY, so tfship's image
     verifies every version again when it loads it (the official image ignores both). ``tfship_server``: the
-    image runs tfship's server (its ``org.tfship.model-server`` label): grpc.health.v1 is turned on."""
+    image runs tfship's server (its ``org.tfship.model-server`` label); see ``server_flags``."""
     repo = Path(repo).resolve()
     volumes = {str(repo): {"bind": CONTAINER_ROOT, "mode": "ro"}}
     environment = {"MODEL_BASE_PATH": CONTAINER_ROOT}
@@ -147,7 +152,7 @@ def container_spec(repo: Path, *, grpc_port: int = 8500, rest_port: int = 8501, 
         image=image or default_image_tag(repo, gpu),
         name=container_name(repo),
         command=server_flags(batching=batching, ssl=ssl, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
-                             health_service=tfship_server),
+                             tfship_server=tfship_server),
         ports={"8500/tcp": (host, grpc_port), "8501/tcp": (host, rest_port)},
         volumes=volumes,
         environment=environment,

@@ -10,6 +10,7 @@ the container answers over gRPC through the mapped port.
 from __future__ import annotations
 
 import calendar
+import hashlib
 import importlib
 import json
 import os
@@ -353,18 +354,21 @@ def _pinned(repo: Path) -> list[int]:
 
 def test_server_image_is_healthy_only_when_every_configured_model_is_available(images, signed_repo, tmp_path,
                                                                                 docker_client, containers):
-    """The HEALTHCHECK asks /v1/ready, not MODEL_NAME's status alone: a second model that never loads keeps it failing."""
+    """The HEALTHCHECK asks /v1/ready, not MODEL_NAME's status alone: a second model that fails to load keeps it failing."""
     from tfship.serving.readiness import wait_ready
 
-    repo = _readable(copy_repo(signed_repo["repo"], tmp_path / "models"))
+    repo = copy_repo(signed_repo["repo"], tmp_path / "models")
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    _readable(repo)
     (repo / "models.config").write_text(
         'model_config_list {\n'
         '  config { name: "mnist" base_path: "/models/digits" model_platform: "tensorflow" }\n'
-        '  config { name: "missing" base_path: "/models/missing" model_platform: "tensorflow" }\n'
+        '  config { name: "broken" base_path: "/models/broken" model_platform: "tensorflow" }\n'
         '}\n')
     grpc_port, rest_port = free_port(), free_port()
     container = _run_server(docker_client, containers, repo, grpc_port, rest_port, env={"MODEL_NAME": "mnist"},
-                            command=["--model_config_file=/models/models.config"])
+                            command=["--model_config_file=/models/models.config", "--max_num_load_retries=0"])
     # MODEL_NAME's model is served (the former check, GET /v1/models/$MODEL_NAME, would pass now) ...
     wait_ready(f"127.0.0.1:{grpc_port}", {"mnist": []}, timeout=HEALTHY_WITHIN)
     served_at = time.time()
@@ -380,7 +384,7 @@ def test_server_image_is_healthy_only_when_every_configured_model_is_available(i
     probes = wait_until(probes_since_served, 60, "a health probe after the model was AVAILABLE", poll=1)
     # ... but the image's own check fails, and says which model is not ready.
     assert probes[-1]["ExitCode"] == 1, probes
-    assert "missing" in probes[-1]["Output"], probes
+    assert "broken" in probes[-1]["Output"], probes
 
 
 def test_serve_up_with_a_version_that_cannot_load_shows_the_log_and_leaves_nothing(images, signed_repo, keys, tmp_path,
@@ -389,8 +393,16 @@ def test_serve_up_with_a_version_that_cannot_load_shows_the_log_and_leaves_nothi
     broken = repo / "digits" / "3"
     shutil.copytree(repo / "digits" / "2", broken)
     (broken / "model.sig").unlink()
-    (broken / "saved_model.pb").write_bytes(b"\x08\x01 not a SavedModel protocol buffer")
-    # Signed: the gate (and the server's own check with the mounted key) let it through; loading it fails.
+    garbage = b"\x08\x01 not a SavedModel protocol buffer"
+    (broken / "saved_model.pb").write_bytes(garbage)
+    # Its manifest lists the new digest and it is signed: the gate (and the server's own check with the mounted
+    # key) let it through; only loading it fails.
+    manifest = json.loads((broken / "manifest.json").read_text())
+    for artifact in manifest["artifacts"]:
+        for entry in artifact["files"]:
+            if entry["path"] == "saved_model.pb":
+                entry.update(bytes=len(garbage), sha256=hashlib.sha256(garbage).hexdigest())
+    (broken / "manifest.json").write_text(json.dumps(manifest))
     signed = run_cli("sign", broken, "--key", keys["private"])
     assert signed.exit_code == 0, signed.stderr
     _readable(repo)
@@ -454,7 +466,7 @@ def test_docker_restarts_a_killed_server_and_a_retrying_client_gets_every_answer
     assert up.exit_code == 0, up.stderr
     container = docker_client.containers.get(container_name(repo))
     # serve up knows the image is tfship's (its label) and turns grpc.health.v1 on, as for the local engine.
-    assert "--enable_grpc_healthcheck_service=true" in container.attrs["Args"]
+    assert {"--enable_grpc_healthcheck_service=true", "--max_num_load_retries=0"} <= set(container.attrs["Args"])
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="digits"), timeout=30)
     assert health.status == health_pb2.HealthCheckResponse.SERVING

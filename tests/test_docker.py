@@ -280,11 +280,11 @@ def test_container_spec_names_a_served_model_and_mounts_the_public_key_read_only
     # tfship's image verifies each version with the key, and serves grpc.health.v1 as serve up's local engine does.
     assert spec["environment"] == {"MODEL_BASE_PATH": "/models", "MODEL_NAME": "digits", "TFSHIP_PUBLIC_KEY": CONTAINER_KEY_PATH}
     assert spec["volumes"][str(key.resolve())] == {"bind": CONTAINER_KEY_PATH, "mode": "ro"}
-    assert "--enable_grpc_healthcheck_service=true" in spec["command"]
+    assert {"--enable_grpc_healthcheck_service=true", "--max_num_load_retries=0"} <= set(spec["command"])
     unsigned = container_spec(repo, model_name="digits").run_kwargs()
     assert "TFSHIP_PUBLIC_KEY" not in unsigned["environment"] and list(unsigned["volumes"]) == [str(repo.resolve())]
     # The official image gets no flag it may not know (releases before the health service refuse unknown flags).
-    assert not any(flag.startswith("--enable_grpc_healthcheck_service") for flag in unsigned["command"])
+    assert not any(flag.startswith(("--enable_grpc_healthcheck_service", "--max_num_load_retries")) for flag in unsigned["command"])
 
 
 @pytest.mark.docker
