@@ -402,14 +402,19 @@ def _serving_runtime(options: DeployOptions) -> dict[str, Any]:
         "volumeMounts": [{"name": "public-key", "mountPath": KEY_DIR, "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": _container_security(),
     }
-    metadata_ = _meta(options, runtime_name(options), "runtime")
-    metadata_["annotations"] = {"prometheus.kserve.io/port": str(KSERVE_REST_PORT), "prometheus.kserve.io/path": cfg.PROMETHEUS_PATH}
-    return {"apiVersion": "serving.kserve.io/v1alpha1", "kind": "ServingRuntime", "metadata": metadata_,
-            "spec": {"supportedModelFormats": [{"name": "tensorflow", "version": "2", "autoSelect": False}],
+    return {"apiVersion": "serving.kserve.io/v1alpha1", "kind": "ServingRuntime", "metadata": _meta(options, runtime_name(options), "runtime"),
+            "spec": {"annotations": {"prometheus.kserve.io/port": str(KSERVE_REST_PORT), "prometheus.kserve.io/path": cfg.PROMETHEUS_PATH},
+                     "supportedModelFormats": [{"name": "tensorflow", "version": "2", "autoSelect": False}],
                      "protocolVersions": ["v1", "v2", "grpc-v1", "grpc-v2"],
                      "containers": [container],
                      "volumes": [{"name": "public-key", "configMap": {"name": f"{options.name}-public-key"}},
                                  {"name": "tmp", "emptyDir": {}}]}}
+
+
+def _kserve_pdb(options: DeployOptions, entry: cfg.ModelEntry) -> dict[str, Any]:
+    # KServe makes no PodDisruptionBudget for a predictor (KServe #4574); its pods carry this label.
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(options, f"{entry.name}-predictor", "server"),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"serving.kserve.io/inferenceservice": entry.name}}}}
 
 
 def _storage_uri(options: DeployOptions, model: str) -> str:
@@ -438,6 +443,7 @@ def generate(options: DeployOptions) -> Manifests:
         files["servingruntime.yaml"] = _serving_runtime(options)
         for entry in entries:
             files[f"inferenceservice-{entry.name}.yaml"] = _inference_service(options, entry)
+            files[f"poddisruptionbudget-{entry.name}.yaml"] = _kserve_pdb(options, entry)
         return Manifests(files, models)
     files["configmap.yaml"] = _config_map(options, entries)
     files["deployment.yaml"] = _deployment(options, entries)

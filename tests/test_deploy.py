@@ -88,6 +88,7 @@ def _check_serving_runtime(obj: dict) -> None:
     assert obj["apiVersion"] == "serving.kserve.io/v1alpha1" and obj["kind"] == "ServingRuntime"
     spec = obj["spec"]
     assert spec["containers"] and all(isinstance(f["name"], str) for f in spec["supportedModelFormats"])
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in spec["annotations"].items())
     # The containers and volumes are core/v1 types: check them with Kubernetes' schema inside a Pod.
     from tfship.serving.deploy import KUBERNETES_VERSION
 
@@ -181,6 +182,9 @@ def test_kserve_objects_match_the_crd_structure(signed_repo, keys, tmp_path):
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == "gs://bucket/models/digits"
     assert isvc["spec"]["predictor"]["model"]["runtime"] == objects["servingruntime.yaml"]["metadata"]["name"]
     _k8s_validate(objects["public-key-configmap.yaml"])
+    pdb = objects["poddisruptionbudget-digits.yaml"]
+    _k8s_validate(pdb)
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {"serving.kserve.io/inferenceservice": "digits"}}}
     args = objects["servingruntime.yaml"]["spec"]["containers"][0]["args"]
     assert "--require_golden=true" in args and "--model_base_path=/mnt/models" in args
 
