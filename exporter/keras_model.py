@@ -143,3 +143,43 @@ def np_dtype_name(tf_dtype: Any) -> str:
 
     dtype = tf.as_dtype(tf_dtype)
     return "string" if dtype == tf.string else np.dtype(dtype.as_numpy_dtype).name
+
+
+OTHER_LIBRARY = {"keras": "tf_keras", "tf_keras": "keras"}
+
+
+def load_with_other_library(loaded: LoadedModel, custom_objects: dict[str, Any], trust_code: bool) -> LoadedModel:
+    """The same model read by the other Keras library (Keras 3 <-> tf_keras), for a conversion route that
+    failed with the first one (Keras 3 ``UpSampling2D`` -> ``Conv2D`` does not convert to TFLite; the same file
+    read by tf_keras does). The source file is read again (its configuration passed the safety check when it
+    was first loaded); where that library cannot read the file, the loaded model's configuration is rebuilt
+    and its weights copied. Raises ExportError when neither works.
+    """
+    kind = OTHER_LIBRARY.get(loaded.kind)
+    model = loaded.keras_model
+    if kind is None or model is None:
+        raise ExportError(f"{loaded.source}: no other Keras library can read a {loaded.kind} source")
+    library = tf_keras() if kind == "tf_keras" else keras3()
+    scope = library.utils.custom_object_scope if kind == "tf_keras" else library.saving.custom_object_scope
+    errors: list[str] = []
+    other = None
+    source = Path(loaded.source)
+    if source.is_file() and source.suffix.lower() in (".h5", ".hdf5", ".keras"):
+        try:
+            with scope(custom_objects):
+                if kind == "tf_keras":
+                    other = library.models.load_model(str(source), compile=False, safe_mode=not trust_code) \
+                        if source.suffix.lower() == ".keras" else library.models.load_model(str(source), compile=False)
+                else:
+                    other = library.saving.load_model(source, custom_objects=custom_objects, compile=False, safe_mode=not trust_code)
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}")
+    if other is None:
+        try:
+            with scope(custom_objects):
+                other = library.models.model_from_json(model.to_json(), custom_objects=custom_objects)
+            other.set_weights(model.get_weights())
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}")
+            raise ExportError(f"{kind} cannot read the model ({'; '.join(errors)})") from exc
+    return from_keras_model(other, kind, source)

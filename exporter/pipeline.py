@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,17 +22,18 @@ import numpy as np
 from tfship.client.compare import Comparison, compare_outputs
 from tfship.core import samples as sample_inputs
 from tfship.core import signing
+from tfship.core import tolerance as tolerances
 from tfship.core.errors import ExportError, PredictionMismatch, TfshipError, UsageError, describe_exception
 from tfship.core.tolerance import Tolerance
+from tfship.exporter import keras_model, repository, sources, tflite, warmup
 from tfship.exporter import manifest as mf
 from tfship.exporter import onnx as onnx_export
-from tfship.exporter import repository, sources, tflite, warmup
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FORMATS = ("savedmodel", "tflite", "onnx")
-DEFAULT_TOLERANCES = {
+_FALLBACK_TOLERANCES = {
     "savedmodel": Tolerance(atol=1e-5, rtol=1e-5),
     "tflite": Tolerance(atol=1e-5, rtol=1e-5),
     "onnx": Tolerance(atol=1e-5, rtol=1e-5),
@@ -39,6 +41,8 @@ DEFAULT_TOLERANCES = {
     "tflite:dynamic": Tolerance(atol=1e-2, rtol=1e-2),
     "tflite:int8": Tolerance(atol=0.1, rtol=0.1, min_top1=0.99),
 }
+# The defaults live in tfship.core.tolerance (chosen from the measured parity corpus).
+DEFAULT_TOLERANCES: dict[str, Tolerance] = getattr(tolerances, "DEFAULT_TOLERANCES", _FALLBACK_TOLERANCES)
 
 
 @dataclass(frozen=True)
@@ -194,12 +198,9 @@ def build_version(options: ExportOptions, staging: Path, version: int, progress:
     for notice in loaded.notices:
         progress(f"notice: {notice}")
 
-    if options.samples:
-        inputs = sample_inputs.load_npz_inputs(Path(options.samples), loaded.signature)
-        sample_info: dict[str, Any] = {"source": str(options.samples), "count": len(next(iter(inputs.values())))}
-    else:
-        inputs = sample_inputs.generate_inputs(loaded.signature, options.num_samples, loaded.vocab_sizes)
-        sample_info = {"source": "generated", "seed": sample_inputs.SEED, "count": options.num_samples}
+    inputs, sample_info = stages.run("samples", "choosing sample inputs", lambda: _samples(loaded, options))
+    for warning in sample_info.get("warnings", []):
+        progress(f"warning: {warning}")
     calibration = sample_inputs.load_npz_inputs(Path(options.calibration), loaded.signature, "--calibration") if options.calibration else inputs
 
     def original_outputs() -> dict[str, np.ndarray]:
@@ -211,7 +212,12 @@ def build_version(options: ExportOptions, staging: Path, version: int, progress:
             raise ExportError(f"{source}: the model fails on the sample inputs: {describe_exception(exc)}") from exc
 
     reference = stages.run("original", "running the original model on the sample inputs", original_outputs)
+    if options.samples:
+        sample_info.update(_check_outputs(reference))
+        for warning in sample_info.get("warnings", []):
+            progress(f"warning: {warning}")
     artifacts, parity = _build(staging, loaded, inputs, reference, calibration, options, stages)
+    failures = [f"{p.label} could not be produced: {p.error}" for p in parity if p.status == "failed"]
     stages.run("write", "writing golden set, warmup records and manifest", lambda: _write_support(staging, options.name, inputs, reference))
     artifacts.append(mf.Artifact("golden", "float32", mf.GOLDEN, mf.describe_files(staging, mf.GOLDEN)))
     artifacts.append(mf.Artifact("warmup", "float32", mf.WARMUP, mf.describe_files(staging, mf.WARMUP)))
@@ -221,12 +227,51 @@ def build_version(options: ExportOptions, staging: Path, version: int, progress:
         source={"path": source_label or str(source), "kind": loaded.kind, "sha256": _source_digest(source)},
         libraries={**_library_versions(), "onnx_opset": str(options.opset)},
         signature=loaded.signature, artifacts=tuple(artifacts), parity=tuple(parity),
-        samples=sample_info, notices=tuple(loaded.notices),
+        samples=sample_info, notices=tuple(loaded.notices) + tuple(failures),
     )
     manifest.write(staging)
     return manifest, stages.timings
 
 
+
+
+def _samples(loaded: sources.LoadedModel, options: ExportOptions) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The user's ``--samples``, or inputs designed to exercise the model (ids for Embedding inputs, the float
+    distribution whose outputs vary most: :mod:`tfship.exporter.sample_design`)."""
+    if options.samples:
+        inputs = sample_inputs.load_npz_inputs(Path(options.samples), loaded.signature)
+        return inputs, {"source": str(options.samples), "count": len(next(iter(inputs.values())))}
+    try:
+        from tfship.exporter import sample_design
+    except ImportError:  # pragma: no cover - the sample designer ships with tfship
+        inputs = sample_inputs.generate_inputs(loaded.signature, options.num_samples, loaded.vocab_sizes)
+        return inputs, {"source": "generated", "seed": sample_inputs.SEED, "count": options.num_samples}
+    return sample_design.design_samples(loaded.keras_model, loaded.signature, options.num_samples,
+                                        predict=loaded.predict)
+
+
+def _check_outputs(reference: dict[str, np.ndarray]) -> dict[str, Any]:
+    try:
+        from tfship.exporter import sample_design
+    except ImportError:  # pragma: no cover
+        return {}
+    return sample_design.check_outputs(reference)
+
+
+_LIBRARY = {"keras": "Keras 3", "tf_keras": "tf_keras", "savedmodel": "the SavedModel"}
+
+
+def _names(signature: Any) -> tuple[list[str], list[str]]:
+    return sorted(s.name for s in signature.inputs), sorted(s.name for s in signature.outputs)
+
+
+def _custom_objects(options: ExportOptions) -> dict[str, Any]:
+    """The user's custom objects again, for the conversions that rebuild the model (static batch, other library)."""
+    if not options.custom_objects:
+        return {}
+    from tfship.exporter.custom_objects import load_custom_objects
+
+    return load_custom_objects(options.custom_objects)
 
 
 def _source_digest(source: Path) -> str:
@@ -294,35 +339,88 @@ def _build(staging: Path, loaded: sources.LoadedModel, inputs: dict[str, np.ndar
     parity.append(stages.run("parity", "checking the SavedModel against the original",
                              lambda: _parity("savedmodel", "savedmodel", "float32", ".", reference, savedmodel_outputs(), options)))
 
-    def add_converted(fmt: str, variant: str, filename: str, convert: Callable[[], object],
+    custom_objects = _custom_objects(options)
+    other: list[tuple[sources.LoadedModel, Path] | ExportError] = []  # the other Keras library's model, once
+
+    def other_route() -> tuple[sources.LoadedModel, Path]:
+        """The model as the other Keras library reads it, with its own SavedModel (for a route that failed)."""
+        if not other:
+            try:
+                if loaded.keras_model is None:
+                    raise ExportError("a SavedModel source has no other loader")
+                model = keras_model.load_with_other_library(loaded, custom_objects, options.trust_code)
+                if _names(model.signature) != _names(loaded.signature):
+                    raise ExportError(f"{model.kind} names the model's inputs/outputs differently")
+                folder = Path(tempfile.mkdtemp(prefix="tfship-other-"))
+                model.write_savedmodel(folder / "savedmodel")
+                other.append((model, folder / "savedmodel"))
+            except ExportError as exc:
+                other.append(exc)
+            except Exception as exc:
+                other.append(ExportError(describe_exception(exc)))
+        found = other[0]
+        if isinstance(found, ExportError):
+            raise found
+        return found
+
+    def with_fallback(label: str, convert: Callable[[Path, sources.LoadedModel], list[str]]) -> list[str]:
+        """``convert`` from the version's SavedModel; when it fails, from the model read by the other Keras library."""
+        try:
+            return convert(staging, loaded)
+        except ExportError as first:
+            if loaded.keras_model is None:
+                raise
+            try:
+                model, savedmodel = other_route()
+            except ExportError as exc:
+                log.info("%s: no second route (%s)", label, exc.message)
+                raise first from None
+            try:
+                notices = convert(savedmodel, model)
+            except ExportError as second:
+                raise ExportError(f"{first.message} (read with {_LIBRARY[model.kind]} too: {second.message})") from None
+            log.info("%s: converted the model as %s reads it (%s's route failed: %s)", label, _LIBRARY[model.kind],
+                     _LIBRARY[loaded.kind], first.message)
+            return notices + [f"{label}: converted from the model as {_LIBRARY[model.kind]} reads it "
+                              f"({_LIBRARY[loaded.kind]}'s route failed: {first.message})"]
+
+    def add_converted(fmt: str, variant: str, filename: str, convert: Callable[[], list[str]],
                       run: Callable[[], dict[str, np.ndarray]], message: str) -> None:
-        """Convert, then run; a file that does not convert or does not run is left out of the version."""
+        """Convert, then run; a file that does not convert, does not run or does not match is left out of the version."""
         label = fmt if variant == "float32" else f"{fmt}:{variant}"
         try:
-            stages.run(fmt, message, convert)
+            notices = stages.run(fmt, message, convert)
         except ExportError as exc:
             (staging / filename).unlink(missing_ok=True)
-            stages.progress(f"warning: {label}: {exc.message}")
+            stages.progress(f"warning: {label} not produced: {exc.message}")
             parity.append(_failed(fmt, variant, filename, exc.message))
             return
         try:
             actual = stages.run("parity", f"checking {filename} against the original", run)
         except Exception as exc:  # the runtime refuses or crashes on the converted file
             (staging / filename).unlink(missing_ok=True)
-            reason = f"{filename} converted but does not run ({describe_exception(exc)}); it is left out of the version"
-            stages.progress(f"warning: {label}: {reason}")
+            text = exc.message if isinstance(exc, ExportError) else describe_exception(exc)
+            reason = f"{filename} converted but does not run ({text}); it is left out of the version"
+            stages.progress(f"warning: {label} not produced: {reason}")
             parity.append(_failed(fmt, variant, filename, reason))
             return
+        checked = _parity(label, fmt, variant, filename, reference, actual, options)
+        parity.append(checked)
+        if checked.status != "pass" and not options.allow_mismatch:
+            (staging / filename).unlink(missing_ok=True)  # never left in a version (export() refuses the version)
+            return
         artifacts.append(mf.Artifact(fmt, variant, filename, mf.describe_files(staging, filename)))
-        parity.append(_parity(label, fmt, variant, filename, reference, actual, options))
+        loaded.notices.extend(notices)
 
     if "tflite" in options.formats:
         for variant in ("float32",) + tuple(options.tflite_quantize):
             filename = "model.tflite" if variant == "float32" else f"model.{variant}.tflite"
             path = staging / filename
 
-            def convert_tflite(path: Path = path, variant: str = variant) -> None:
-                loaded.notices.extend(tflite.convert(staging, path, variant, calibration=calibration, keras_model=loaded.keras_model))
+            def convert_tflite(path: Path = path, variant: str = variant) -> list[str]:
+                return with_fallback("tflite", lambda savedmodel, model: tflite.convert(
+                    savedmodel, path, variant, calibration=calibration, keras_model=model.keras_model,
+                    custom_objects=custom_objects, kind=model.kind))
 
             def run_tflite(path: Path = path) -> dict[str, np.ndarray]:
                 return tflite.run(path, inputs)
@@ -331,6 +429,15 @@ def _build(staging: Path, loaded: sources.LoadedModel, inputs: dict[str, np.ndar
 
     if "onnx" in options.formats:
         onnx_path = staging / "model.onnx"
-        add_converted("onnx", "float32", "model.onnx", lambda: onnx_export.convert(staging, onnx_path, options.opset),
+
+        def convert_onnx() -> list[str]:
+            def route(savedmodel: Path, model: sources.LoadedModel) -> list[str]:
+                onnx_export.convert(savedmodel, onnx_path, options.opset)
+                return []
+            return with_fallback("onnx", route)
+
+        add_converted("onnx", "float32", "model.onnx", convert_onnx,
                       lambda: onnx_export.run(onnx_path, inputs), f"converting to ONNX (opset {options.opset})")
+    if other and not isinstance(other[0], ExportError):
+        shutil.rmtree(other[0][1].parent, ignore_errors=True)
     return artifacts, parity

@@ -1,8 +1,22 @@
-"""SavedModel to TFLite (float32 and quantized variants), and running a .tflite file with LiteRT."""
+"""SavedModel to TFLite (float32 and quantized variants), and running a .tflite file with LiteRT.
+
+Routes, in order (each one's file is still checked for parity by the pipeline):
+
+1. ``TFLiteConverter.from_saved_model`` on the version's SavedModel.
+2. Recurrent layers (LSTM/GRU) with a dynamic batch do not lower to builtin ops
+   (``tf.TensorListReserve ... element_shape to be static``): the Keras model is rebuilt from its config
+   with a static batch of 1 (the user's custom objects in scope), its weights copied, and written as a
+   SavedModel by the same code that wrote the version's (:func:`keras_model.from_keras_model`), so the
+   TFLite signature keeps every input and output name (Keras 3's converter would call them ``output_0``)
+   and Keras prints nothing on stdout.
+3. The caller (:mod:`pipeline`) may then retry routes 1-2 with the model loaded by the other Keras
+   library (:func:`keras_model.load_with_other_library`).
+"""
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -14,14 +28,61 @@ from tfship.core.errors import ExportError, first_line
 log = logging.getLogger(__name__)
 
 VARIANTS = ("float16", "dynamic", "int8")
+STATIC_BATCH_NOTICE = ("recurrent layers: TFLite model built with a static batch of 1 (feed one sample at a time and "
+                       "call reset_all_variables() between samples: the fused LSTM/GRU keeps its state)")
 
 
 def convert(savedmodel_dir: Path, out: Path, variant: str = "float32",
-            calibration: dict[str, np.ndarray] | None = None, keras_model: Any = None) -> list[str]:
+            calibration: dict[str, np.ndarray] | None = None, keras_model: Any = None,
+            custom_objects: dict[str, Any] | None = None, kind: str = "keras") -> list[str]:
     """Write ``out``; returns notices. Raises ExportError with the converter's reason on failure."""
     import tensorflow as tf
 
-    notices: list[str] = []
+    configure = _configurer(variant, calibration)
+    try:
+        data = _from_saved_model(tf, savedmodel_dir, configure)
+        notices: list[str] = []
+    except ExportError:
+        raise
+    except Exception as exc:
+        message = str(exc)
+        if keras_model is None or "TensorList" not in message:
+            raise ExportError(f"TFLite conversion failed: {converter_reason(message)}") from exc
+        log.info("TFLite: the SavedModel does not convert with a dynamic batch (%s); rebuilding with a static batch of 1",
+                 converter_reason(message))
+        data = _convert_static_batch(keras_model, configure, custom_objects or {}, kind)
+        notices = [STATIC_BATCH_NOTICE]
+    out.write_bytes(data)
+    return notices
+
+
+def converter_reason(error: BaseException | str) -> str:
+    """The line of a converter's failure that says what failed, without MLIR's ``loc(...)`` location prefix."""
+    text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if "error:" not in line:
+            continue
+        reason = line.split("error:", 1)[1].strip()
+        if reason.startswith("loc("):
+            depth = 0
+            for i, char in enumerate(reason):
+                depth += (char == "(") - (char == ")")
+                if depth == 0 and i >= len("loc("):
+                    reason = reason[i + 1:].lstrip(": ").strip()
+                    break
+        if reason:
+            return reason[:300]
+    return first_line(error)
+
+
+def _configurer(variant: str, calibration: dict[str, np.ndarray] | None) -> Callable[[Any], None]:
+    import tensorflow as tf
+
+    if variant not in ("float32",) + VARIANTS:
+        raise ExportError(f"unknown TFLite variant '{variant}' (choose from {', '.join(VARIANTS)})")
+    if variant == "int8" and not calibration:
+        raise ExportError("int8 quantization needs calibration inputs (--calibration X.npz or the samples)")
 
     def configure(converter: Any) -> None:
         if variant == "float16":
@@ -29,53 +90,70 @@ def convert(savedmodel_dir: Path, out: Path, variant: str = "float32",
             converter.target_spec.supported_types = [tf.float16]
         elif variant == "dynamic":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        elif variant == "int8":
-            if not calibration:
-                raise ExportError("int8 quantization needs calibration inputs (--calibration X.npz or the samples)")
+        elif variant == "int8" and calibration:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = _representative(calibration)
-        elif variant != "float32":
-            raise ExportError(f"unknown TFLite variant '{variant}' (choose from {', '.join(VARIANTS)})")
 
-    try:
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(savedmodel_dir), signature_keys=["serving_default"])
-        configure(converter)
-        data = converter.convert()
-    except ExportError:
-        raise
-    except Exception as exc:
-        message = str(exc)
-        if keras_model is not None and "TensorList" in message:
-            # Recurrent layers with a dynamic batch do not lower to builtin ops; a static batch of 1 does.
-            data = _convert_static_batch(keras_model, configure)
-            notices.append("recurrent layers: TFLite model built with a static batch of 1 (feed one sample at a time and "
-                           "call reset_all_variables() between samples: the fused LSTM/GRU keeps its state)")
-        else:
-            raise ExportError(f"TFLite conversion failed: {first_line(message, prefer='error:')}") from exc
-    out.write_bytes(data)
-    return notices
+    return configure
 
 
-def _convert_static_batch(model: Any, configure: Callable) -> bytes:
+def _from_saved_model(tf: Any, directory: Path, configure: Callable[[Any], None]) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(directory), signature_keys=["serving_default"])
+    configure(converter)
+    return bytes(converter.convert())
+
+
+def static_batch_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a functional or Sequential model's) with every input's batch dimension set to 1."""
+    layers = config.get("layers", [])
+    for layer in layers:
+        if layer.get("class_name") == "InputLayer":
+            cfg = layer["config"]
+            key = "batch_shape" if "batch_shape" in cfg else "batch_input_shape"
+            shape = cfg.get(key)
+            if shape:
+                cfg[key] = [1] + list(shape[1:])
+    if layers and not any(layer.get("class_name") == "InputLayer" for layer in layers):
+        # A Sequential model whose first layer carries the input shape (Keras 2 style).
+        first = layers[0].get("config", {})
+        for key in ("batch_input_shape", "batch_shape"):
+            if first.get(key):
+                first[key] = [1] + list(first[key][1:])
+    if config.get("build_input_shape"):
+        shape = config["build_input_shape"]
+        if isinstance(shape, (list, tuple)) and shape and not isinstance(shape[0], (list, tuple, dict)):
+            config["build_input_shape"] = [1] + list(shape[1:])
+    return config
+
+
+def rebuild_static(model: Any, custom_objects: dict[str, Any], kind: str) -> Any:
+    """The same model with a batch of 1: rebuilt from its config (custom objects in scope), weights copied."""
+    from tfship.exporter.keras_model import keras3, tf_keras
+
+    library = tf_keras() if kind == "tf_keras" else keras3()
+    config = static_batch_config(model.get_config())
+    scope = library.utils.custom_object_scope if kind == "tf_keras" else library.saving.custom_object_scope
+    with scope(custom_objects):
+        static = type(model).from_config(config, custom_objects=custom_objects)
+    static.set_weights(model.get_weights())
+    return static
+
+
+def _convert_static_batch(model: Any, configure: Callable[[Any], None], custom_objects: dict[str, Any], kind: str) -> bytes:
     import tensorflow as tf
 
+    from tfship.exporter.keras_model import from_keras_model
+
     try:
-        config = model.get_config()
-        for layer in config.get("layers", []):
-            if layer.get("class_name") == "InputLayer":
-                cfg = layer["config"]
-                shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")
-                key = "batch_shape" if "batch_shape" in cfg else "batch_input_shape"
-                cfg[key] = [1] + list(shape[1:])
-        static = type(model).from_config(config)
-        static.set_weights(model.get_weights())
-        converter = tf.lite.TFLiteConverter.from_keras_model(static)
-        configure(converter)
-        return converter.convert()
+        static = rebuild_static(model, custom_objects, kind)
+        with tempfile.TemporaryDirectory(prefix="tfship-static-") as folder:
+            rebuilt = from_keras_model(static, kind, Path(folder))
+            rebuilt.write_savedmodel(Path(folder) / "savedmodel")
+            return _from_saved_model(tf, Path(folder) / "savedmodel", configure)
     except ExportError:
         raise
     except Exception as exc:
-        raise ExportError(f"TFLite conversion failed (static-batch rebuild too): {first_line(exc, prefer='error:')}") from exc
+        raise ExportError(f"TFLite conversion failed (static-batch rebuild too): {converter_reason(exc)}") from exc
 
 
 def _representative(calibration: dict[str, np.ndarray]) -> Callable[[], Iterable[dict[str, np.ndarray]]]:
@@ -88,30 +166,54 @@ def _representative(calibration: dict[str, np.ndarray]) -> Callable[[], Iterable
     return generate
 
 
-
-
 def run(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run the 'serving_default' signature of a .tflite file on ``inputs`` with LiteRT."""
+    """Run the 'serving_default' signature of a .tflite file on ``inputs`` with LiteRT.
+
+    Dimensions the file leaves dynamic (``shape_signature`` -1, the batch or a sequence length) are
+    resized to the inputs' before they are set; a file built with a static batch of 1 runs one sample at
+    a time, its variables (a fused LSTM/GRU's state) reset between samples.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path))
     runner = interpreter.get_signature_runner("serving_default")
     details = runner.get_input_details()
-    static_batch = all(int(d["shape_signature"][0]) == 1 for d in details.values() if len(d["shape_signature"]))
+    outputs = runner.get_output_details()
+    missing = [name for name in inputs if name not in details]
+    if missing:
+        raise ExportError(f"{path.name}: the TFLite signature has no input '{missing[0]}' (it has {', '.join(details)})")
+    static_batch = all(len(d["shape_signature"]) and int(d["shape_signature"][0]) == 1 for d in details.values())
     count = len(next(iter(inputs.values())))
-    if static_batch and count != 1:
-        # Fused recurrent ops keep their state in variable tensors across invocations: reset between
-        # samples. That needs the plain tensor API (a signature runner holds references that block it).
-        outputs = runner.get_output_details()
-        plain = Interpreter(model_path=str(path))
-        plain.allocate_tensors()
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
-        for i in range(count):
-            plain.reset_all_variables()
-            for name, detail in details.items():
-                plain.set_tensor(detail["index"], inputs[name][i:i + 1])
-            plain.invoke()
-            for name, detail in outputs.items():
-                parts[name].append(np.array(plain.get_tensor(detail["index"])))
-        return {name: np.concatenate(values) for name, values in parts.items()}
-    return {k: np.array(v) for k, v in runner(**inputs).items()}
+    batch = 1 if static_batch else count
+    # The plain tensor API: a signature runner holds references that block reset_all_variables().
+    plain = Interpreter(model_path=str(path))
+    plain.allocate_tensors()
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+    for start in range(0, count, batch):
+        feed = {name: np.ascontiguousarray(inputs[name][start:start + batch]) for name in details}
+        resized = False
+        for name, detail in details.items():
+            current = plain.get_input_details()[_position(plain, detail["index"])]["shape"]
+            if tuple(current) != feed[name].shape:
+                _check_resizable(path, name, detail["shape_signature"], feed[name].shape)
+                plain.resize_tensor_input(detail["index"], list(feed[name].shape))
+                resized = True
+        if resized:
+            plain.allocate_tensors()
+        plain.reset_all_variables()
+        for name, detail in details.items():
+            plain.set_tensor(detail["index"], feed[name])
+        plain.invoke()
+        for name, detail in outputs.items():
+            parts[name].append(np.array(plain.get_tensor(detail["index"])))
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def _position(interpreter: Any, index: int) -> int:
+    return next(i for i, d in enumerate(interpreter.get_input_details()) if d["index"] == index)
+
+
+def _check_resizable(path: Path, name: str, signature: Any, shape: tuple[int, ...]) -> None:
+    fixed = list(int(d) for d in signature)
+    if len(fixed) != len(shape) or any(f not in (-1, s) for f, s in zip(fixed, shape)):
+        raise ExportError(f"{path.name}: input '{name}' has shape {list(shape)} but the TFLite file takes {fixed}")

@@ -62,6 +62,14 @@ MAX_REQUEST = 1 << 20
 MAX_MESSAGE = 64 << 20  # a manifest with many files and outputs stays far below this
 _STDERR_TAIL = 64 << 10
 _KERAS_CONFIG_MAX = 64 << 10
+EXPORT_LOG = "export.log"  # what the worker and the libraries printed, kept in the version (signed with it)
+_EXPORT_LOG_MAX = 16 << 20
+# Libraries' own log levels, set in the worker's environment before anything imports them. What they
+# print goes to the worker's output file (its fds 1 and 2), which becomes the version's export.log;
+# warnings are kept there, their INFO chatter only with -vv.
+_QUIET_LIBRARIES = {"TF_CPP_MIN_LOG_LEVEL": "1", "TF_CPP_MIN_VLOG_LEVEL": "0", "GLOG_minloglevel": "1",
+                    "ABSL_MIN_LOG_LEVEL": "1", "GRPC_VERBOSITY": "ERROR"}
+_LIBRARY_LOGGERS = ("tensorflow", "absl", "keras", "tf_keras", "tf2onnx", "onnx", "onnxruntime", "h5py", "ai_edge_litert")
 # System library and configuration locations every export reads (TensorFlow, LiteRT, onnxruntime, tf2onnx).
 SYSTEM_READABLE = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc", "/sys", "/dev",
                    # /proc: the worker's own entries and the system-wide ones libraries read, never other processes'
@@ -99,7 +107,10 @@ def build_in_child(options: ExportOptions, staging: Path, version: int,
             folder.mkdir(mode=0o700)
         _copy_keras_config(home)
         request.update(tmpdir=str(tmp), home=str(home))
-        outcome = _run(request, cwd, tmp, home, Path(work) / "worker.log", progress)
+        log_path = Path(work) / "worker.log"
+        outcome = _run(request, cwd, tmp, home, log_path, progress)
+        if outcome.get("type") != "error":
+            _keep_log(log_path, staging / EXPORT_LOG)
     if outcome.get("type") == "error":
         raise _rebuild_error(outcome)
     try:
@@ -108,6 +119,19 @@ def build_in_child(options: ExportOptions, staging: Path, version: int,
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise errors.ExportError(f"the export worker sent an unreadable result ({type(exc).__name__}: {exc}); nothing was written") from exc
     return manifest, timings
+
+
+def _keep_log(log_path: Path, target: Path) -> None:
+    """The worker's output (libraries' warnings, converters' diagnostics, tfship's stages) beside the manifest."""
+    try:
+        size = log_path.stat().st_size
+        with log_path.open("rb") as source, target.open("wb") as out:
+            if size > _EXPORT_LOG_MAX:
+                source.seek(size - _EXPORT_LOG_MAX)
+                out.write(f"[export.log: the first {size - _EXPORT_LOG_MAX} bytes were cut]\n".encode())
+            shutil.copyfileobj(source, out)
+    except OSError as exc:
+        log.warning("the export log could not be kept in the version: %s", exc)
 
 
 def check_staging(staging: Path) -> None:
@@ -229,6 +253,9 @@ def _run(request: dict[str, Any], cwd: Path, tmp: Path, home: Path, log_path: Pa
          progress: Callable[[str], None]) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TFSHIP_SIGN_KEY")}
     read_fd, write_fd = os.pipe()
+    verbose = int(request.get("log_level", logging.INFO)) <= logging.DEBUG
+    for name, value in _QUIET_LIBRARIES.items():
+        env[name] = "0" if verbose and name != "GRPC_VERBOSITY" else value
     env.update({"TMPDIR": str(tmp), "HOME": str(home), "KERAS_HOME": str(home / ".keras"),
                 _FD_ENV: str(write_fd), _PARENT_ENV: str(os.getpid())})
     try:
@@ -406,14 +433,20 @@ def main() -> int:
     handler.setLevel(int(request["log_level"]))
     root = logging.getLogger("tfship")
     root.addHandler(handler)
-    root.setLevel(int(request["log_level"]))
+    root.setLevel(min(int(request["log_level"]), logging.INFO))
+    handler.setLevel(int(request["log_level"]))
+    _log_to_file(int(request["log_level"]))
+
+    def stage(text: str) -> None:
+        _mark(text)
+        channel.send({"type": "progress", "message": text})
+
     try:
         from tfship.exporter import pipeline
 
         options = _options_from_json(request["options"])
         manifest, timings = pipeline.build_version(
-            options, staging, int(request["version"]), lambda text: channel.send({"type": "progress", "message": text}),
-            source_label=request.get("source_label"))
+            options, staging, int(request["version"]), stage, source_label=request.get("source_label"))
         channel.send({"type": "result", "manifest": manifest.to_dict(), "timings": timings})
         return 0
     except errors.TfshipError as exc:
@@ -428,6 +461,26 @@ def main() -> int:
                       "message": _refusal(exc, message, reads) if confinement.writes_confined else message,
                       "traceback": traceback.format_exc()})
     return 1
+
+
+def _log_to_file(level: int) -> None:
+    """tfship's records and the libraries' Python loggers into the worker's stderr (the export log)."""
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(stream)
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("tfship").addHandler(stream)
+    logging.getLogger("tfship").propagate = False
+    for name in _LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if level <= logging.DEBUG else logging.WARNING)
+
+
+def _mark(text: str) -> None:
+    import time
+
+    sys.stdout.flush()
+    sys.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} == {text}\n")
+    sys.stderr.flush()
 
 
 _QUOTED_PATH = re.compile(r"""(?:name = |: )['"](/[^'"]+)['"]""")

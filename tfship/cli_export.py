@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -21,8 +25,12 @@ def _render_export(console: Console, data: dict[str, Any]) -> None:
                      "-" if p["top1_agreement"] is None else f"{p['top1_agreement']:.4f}", p["error"][:120]])
     console.print(render.table(f"{data['name']} version {data['version']} -> {data['directory']}",
                                ["artifact", "parity", "max abs err", "top-1", "detail"], rows))
+    for p in data["parity"]:
+        if p["status"] == "failed":
+            console.print(f"[yellow]warning[/yellow]: {p['artifact']} was not produced: {p['error']}", markup=True, highlight=False)
     for notice in data["notices"]:
-        console.print(f"notice: {notice}")
+        if " could not be produced: " not in notice:  # the failed formats were just listed
+            console.print(f"notice: {notice}", markup=False, highlight=False)
     console.print("signed: yes (model.sig)" if data["signed"] else "signed: no (pass --sign-key to sign)")
 
 
@@ -60,8 +68,79 @@ def export_cmd(source, name, repo, version, formats, tflite_quantize, calibratio
         sign_key_password=sign_key_password, opset=opset, strict=strict, allow_mismatch=allow_mismatch,
         atol=parse_tolerances(atol, "--atol"), rtol=parse_tolerances(rtol, "--rtol"), signature=signature,
     )
-    result = export(options, progress=lambda message: log.info("export: %s", message))
+    with StageProgress() as progress:
+        result = export(options, progress=progress)
     return result.to_dict()
+
+
+class StageProgress:
+    """What the export is doing, on stderr: a ``rich`` spinner per stage (each finished stage ticked with its
+    time) on a terminal, plain ``export: ...`` lines otherwise. Warnings always get a line of their own;
+    ``-q`` shows neither (the result table names what failed), ``-v``/``-vv`` keep the plain lines too."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        level = log.getEffectiveLevel()
+        self.quiet = level > logging.INFO
+        self.live = self.console.is_terminal and not self.quiet and level == logging.INFO
+        self.status: Any = None
+        self.current: tuple[str, float] | None = None
+
+    def __enter__(self) -> StageProgress:
+        self.saved_handlers: list[logging.Handler] | None = None
+        if self.live:
+            self.status = self.console.status("starting the export worker", spinner="dots")
+            self.status.start()
+            # tfship's own log lines go through the console too, above the spinner.
+            root = logging.getLogger()
+            self.saved_handlers = root.handlers[:]
+            root.handlers[:] = [_ConsoleHandler(self.console)]
+        return self
+
+    def __call__(self, message: str) -> None:
+        if message.startswith(("warning: ", "notice: ")):
+            kind, _, text = message.partition(": ")
+            if kind == "warning" and not self.quiet:
+                self.console.print(f"[yellow]warning[/yellow]: {text}", markup=True, highlight=False) if self.live \
+                    else log.warning("export: warning: %s", text)
+            elif kind == "notice":
+                log.info("export: %s", message)
+            return
+        if not self.live:
+            log.info("export: %s", message)
+            return
+        self._finish()
+        self.current = (message, time.perf_counter())
+        self.status.update(f"{message}...")
+
+    def _finish(self) -> None:
+        if self.current is not None:
+            text, started = self.current
+            self.console.print(f"[green]✓[/green] {text} [dim]({time.perf_counter() - started:.1f}s)[/dim]", markup=True, highlight=False)
+            self.current = None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        if self.status is not None:
+            if kind is None:
+                self._finish()
+            self.status.stop()
+        if self.saved_handlers is not None:
+            logging.getLogger().handlers[:] = self.saved_handlers
+        sys.stderr.flush()
+
+
+class _ConsoleHandler(logging.Handler):
+    def __init__(self, console: Any) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.print(record.getMessage(), markup=False, highlight=False)
+        except Exception:
+            self.handleError(record)
 
 
 COMMANDS = [export_cmd]
