@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from tfship import cli_client, cli_export, cli_model_server, cli_serving, cli_signing
+from tfship import cli_client, cli_deploy, cli_diagnose, cli_export, cli_model_server, cli_serving, cli_signing
 from tfship.command import State, configure_logging, quiet_tensorflow
 
 
@@ -22,14 +22,14 @@ def cli(verbose: int, quiet: bool, debug: bool) -> None:
     and validate that the server answers what the original model computes.
 
     Exit codes: 0 ok, 1 error, 2 usage, 3 predictions do not match, 4 server not reachable or model
-    not available, 5 signature missing or invalid.
+    not available, 5 signature missing or invalid, 6 a rollout rolled back on latency.
     """
     State.debug = debug
     quiet_tensorflow()
     configure_logging(verbose, quiet)
 
 
-for _module in (cli_export, cli_signing, cli_serving, cli_client, cli_model_server):
+for _module in (cli_export, cli_signing, cli_serving, cli_client, cli_model_server, cli_deploy, cli_diagnose):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 
