@@ -519,6 +519,8 @@ def predict_version(directory: Path, arrays: dict[str, Any], *, formats: tuple[s
     from tfship.exporter import tflite as tflite_runner
 
     directory = Path(directory)
+    if not directory.exists():
+        raise UsageError(f"{directory}: no such file or directory")
     if not directory.is_dir():
         raise UsageError(f"{directory}: predict runs a version (a directory tfship export wrote) or a SavedModel; "
                          f"this is a model file: export it first (tfship export {directory} --name NAME)")

@@ -80,12 +80,14 @@ def _render_model(console: Console, data: dict[str, Any]) -> None:
             continue
         parity = ", ".join(f"{k} {s}" for k, s in v["parity"].items())
         rows.append([v["version"], v["created"], f"{v['source']} ({v['source_kind']})", _size(v["bytes"]), parity, v["signing"]])
-    console.print(render.table(f"{data['name']} ({data['directory']}): {len(data['versions'])} versions",
+    count = len(data["versions"])
+    console.print(render.table(f"{data['name']} ({data['directory']}): {count} version{'' if count == 1 else 's'}",
                                ["version", "created", "source", "size", "parity", "signature"], rows))
 
 
 def _render_source(console: Console, data: dict[str, Any]) -> None:
-    writer = ", ".join(f"{k} {v}" for k, v in data["writer"].items())
+    names = {"keras_version": "Keras", "backend": "backend", "tensorflow": "TensorFlow", "date_saved": "saved"}
+    writer = ", ".join(f"{names.get(k, k)} {v}" for k, v in data["writer"].items())
     console.print(f"{data['path']}: {data['format']}" + (f" (written by {writer})" if writer else "")
                   + (f", {data['model_class']}" if data["model_class"] else ""))
     console.print(f"{'exports' if data['exportable'] else 'as it stands'}: {data['verdict']}")
