@@ -27,10 +27,10 @@ def _render_export(console: Console, data: dict[str, Any]) -> None:
                                ["artifact", "parity", "max abs err", "top-1", "detail"], rows))
     for p in data["parity"]:
         if p["status"] == "failed":
-            console.print(f"[yellow]warning[/yellow]: {p['artifact']} was not produced: {p['error']}", markup=True, highlight=False)
+            console.print(f"[yellow]warning[/yellow]: {p['artifact']} was not produced: {p['error']}", markup=True, highlight=False, soft_wrap=True)
     for notice in data["notices"]:
         if " could not be produced: " not in notice:  # the failed formats were just listed
-            console.print(f"notice: {notice}", markup=False, highlight=False)
+            console.print(f"notice: {notice}", markup=False, highlight=False, soft_wrap=True)
     console.print("signed: yes (model.sig)" if data["signed"] else "signed: no (pass --sign-key to sign)")
 
 
@@ -103,7 +103,7 @@ class StageProgress:
         if message.startswith(("warning: ", "notice: ")):
             kind, _, text = message.partition(": ")
             if kind == "warning" and not self.quiet:
-                self.console.print(f"[yellow]warning[/yellow]: {text}", markup=True, highlight=False) if self.live \
+                self.console.print(f"[yellow]warning[/yellow]: {text}", markup=True, highlight=False, soft_wrap=True) if self.live \
                     else log.warning("export: warning: %s", text)
             elif kind == "notice":
                 log.info("export: %s", message)
@@ -118,7 +118,7 @@ class StageProgress:
     def _finish(self) -> None:
         if self.current is not None:
             text, started = self.current
-            self.console.print(f"[green]✓[/green] {text} [dim]({time.perf_counter() - started:.1f}s)[/dim]", markup=True, highlight=False)
+            self.console.print(f"[green]✓[/green] {text} [dim]({time.perf_counter() - started:.1f}s)[/dim]", markup=True, highlight=False, soft_wrap=True)
             self.current = None
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
