@@ -28,8 +28,9 @@ MIN_TAIL_SAMPLES = 10
 PERCENTILES = ((50, "p50_ms"), (90, "p90_ms"), (99, "p99_ms"))
 
 
-def min_requests_for(percentile: float) -> int:
-    return math.ceil(MIN_TAIL_SAMPLES / (1 - percentile / 100))
+def min_requests_for(percentile: int) -> int:
+    """Requests needed before ``percentile`` has MIN_TAIL_SAMPLES beyond it (integer arithmetic: no 100.00000000000001)."""
+    return -(-MIN_TAIL_SAMPLES * 100 // (100 - percentile))
 
 
 def _e(value: object) -> str:
@@ -73,7 +74,7 @@ def svg_error_cdf(output: OutputComparison, width: int = 560, height: int = 250)
     lo_exp = math.floor(math.log10(finite.min())) if finite.size else -3
     lo_exp = max(min(lo_exp, -1), -12)
     hi_exp = max(math.ceil(math.log10(finite.max())) if finite.size else 1, 1)
-    left, right, top, bottom = 56, width - 16, 28, height - 46
+    left, right, top, bottom = 60, width - 16, 28, height - 46
 
     def x_of(ratio: float) -> float:
         if ratio <= 0:
@@ -123,7 +124,9 @@ def svg_error_cdf(output: OutputComparison, width: int = 560, height: int = 250)
             + "".join(notes)
             + f'<text x="{(left + right) / 2:.1f}" y="{height - 12}" font-size="11" text-anchor="middle">'
             f'|served \u2212 original| / allowed error (log scale; right of the line fails)</text>'
-            f'<text x="{width / 2:.1f}" y="14" font-size="12" text-anchor="middle">{_e(output.name)}</text></svg>')
+            f'<text x="{width / 2:.1f}" y="14" font-size="12" text-anchor="middle">{_e(output.name)}</text>'
+            f'<text transform="translate(14 {(top + bottom) / 2:.1f}) rotate(-90)" font-size="11" text-anchor="middle">'
+            f'fraction of elements</text></svg>')
 
 
 def _verdict(passed: bool) -> str:
