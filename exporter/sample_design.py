@@ -71,7 +71,12 @@ def design_samples(model_or_config: Any, signature: Signature, count: int = samp
     ``inputs`` {name: {"kind": "ids"|"vocabulary"|"float"|..., ...}}, ``tried`` {distribution: {output:
     spread}}, ``output_spread`` {output: spread}, ``degenerate_outputs`` [names] and ``warnings`` [lines].
     """
-    ranges = id_ranges(model_or_config, signature)
+    try:
+        ranges = id_ranges(model_or_config, signature)
+    except Exception as exc:  # a config shape not foreseen here: plain samples rather than no export
+        log.warning("samples: could not follow the model's inputs to their layers (%s: %s); generating plain samples",
+                    type(exc).__name__, exc)
+        ranges = {}
     values = {name: r.pool() for name, r in ranges.items()}
     floats = [s.name for s in signature.inputs if s.name not in ranges and s.dtype in ("float16", "float32", "float64", "bfloat16")]
     report: dict[str, Any] = {"source": "generated", "seed": seed, "count": count, "inputs": {}}
@@ -211,6 +216,8 @@ def _input_layers(config: Any) -> list[str]:
     entries = _entries(config)
     if not _is_sequential(config):
         raw = config.get("input_layers") or []
+        if isinstance(raw, dict):  # Keras 3 dict inputs: {key: [name, 0, 0]}
+            raw = list(raw.values())
         if raw and isinstance(raw[0], str):  # Keras 3 writes one input as a flat [name, 0, 0]
             raw = [raw]
         return [str(r[0]) for r in raw if r]

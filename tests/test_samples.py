@@ -172,3 +172,15 @@ def test_float_distributions_are_deterministic_and_shaped(distribution):
         assert a.max() < 1 / 200
     if distribution == "sparse":
         assert 0.02 < np.mean(a != 0) < 0.2
+
+
+def test_dict_inputs_are_followed_by_key(tmp_path):
+    import keras
+
+    inputs = {"words": keras.Input((5,), name="words"), "age": keras.Input((1,), name="age")}
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(60, 3)(inputs["words"]))
+    model = keras.Model(inputs, {"score": keras.layers.Dense(1, name="score")(keras.layers.Concatenate()([x, inputs["age"]]))})
+    signature = Signature("serving_default", (TensorSpec("age", "float32", (None, 1)), TensorSpec("words", "float32", (None, 5))), ())
+    designed, report = design_samples(model, signature, 30)
+    assert report["inputs"]["words"]["range"] == [0, 60] and report["inputs"]["age"] == {"kind": "float"}
+    assert designed["words"].max() >= 1 and np.all(designed["words"] == np.round(designed["words"]))
