@@ -11,14 +11,19 @@ queuing_latency, processed_batch_size, padding_size) and tfship_batch_queue_dept
 
 The batcher lives on the engine's asyncio loop (the gRPC server's): queueing, merging and splitting
 are plain callbacks on that loop, with no thread hand-off per request; only the model call runs on one
-of ``num_batch_threads`` threads (TensorFlow releases the GIL while it computes). A batch that is due
+of ``num_batch_threads`` threads (TensorFlow releases the GIL while it computes), and its end comes back
+to the loop as one callback per batch (no task, no extra wake-up). When the engine has nothing else to do
+(one task in all, nothing queued or running) and the model's last call was short, the batch runs on the
+loop itself: the result is the same as from a batch thread, without the two thread hand-offs. A batch that is due
 while every batch thread is busy keeps taking tasks until a thread frees up, so batches grow with load.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +40,10 @@ if TYPE_CHECKING:
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
+# A lone batch runs on the loop when its model's last call took less than this (a longer call would hold up
+# the loop: health checks, the metrics page, new requests).
+INLINE_SECONDS = 0.002
+
 
 @dataclass
 class _Task:
@@ -48,9 +57,10 @@ class _Task:
 class _Queue:
     run: Runner
     model_name: str
-    key: tuple
+    runner_key: tuple  # the servable and signature, for the runtime of their last call
     options: BatchingOptions
-    tasks: list[_Task] = field(default_factory=list)
+    key: tuple = ()  # runner_key and the inputs' shapes: this queue's place in Batcher._queues
+    tasks: deque[_Task] = field(default_factory=deque)
     pending_rows: int = 0
     timer: asyncio.TimerHandle | None = None
     due: bool = False  # the oldest task has waited batch_timeout_micros
@@ -70,7 +80,8 @@ class Batcher:
         self._free_threads = options.num_batch_threads
         self._on_batch = on_batch
         self._enqueued = 0
-        self._running: set[asyncio.Task[None]] = set()
+        self._submitted = 0  # tasks submitted and not answered yet
+        self._last_runtime: dict[tuple, float] = {}  # seconds of the last model call per key (servable, signature)
 
     def stop(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
@@ -88,28 +99,36 @@ class Batcher:
         if self._metrics is not None:
             # batching_session.cc ComputeInputSize records each input tensor's 0th dimension before
             # the scheduler checks the task's size.
-            for value in arrays.values():
-                self._metrics.input_batch(value.shape[0] if value.ndim else 0)
+            self._metrics.input_batches([value.shape[0] if value.ndim else 0 for value in arrays.values()])
         if size > opts.max_batch_size:
             raise invalid(f"Task size {size} is larger than maximum input batch size {opts.max_batch_size}")
         if self._enqueued >= opts.max_enqueued_batches * opts.max_batch_size:
             raise EngineError(grpc.StatusCode.UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full")
         loop = asyncio.get_running_loop()
-        shapes = tuple((name, arrays[name].shape[1:], arrays[name].dtype.str) for name in sorted(arrays))
+        if len(arrays) == 1:
+            (name, value), = arrays.items()
+            shapes: tuple = ((name, value.shape[1:], value.dtype.str),)
+        else:
+            shapes = tuple((name, arrays[name].shape[1:], arrays[name].dtype.str) for name in sorted(arrays))
         queue_key = key + (shapes,)
         queue = self._queues.get(queue_key)
         if queue is None:
-            queue = self._queues[queue_key] = _Queue(run, model_name, queue_key, opts)
+            queue = self._queues[queue_key] = _Queue(run, model_name, key, opts)
+            queue.key = queue_key
         task = _Task(arrays, size, loop.create_future(), time.perf_counter())
         queue.tasks.append(task)
         queue.pending_rows += size
         self._enqueued += 1
         self._count_waiting(model_name, 1)
-        if queue.pending_rows >= opts.max_batch_size:
-            self._dispatch(queue)
-        elif queue.timer is None and not queue.due:
-            queue.timer = loop.call_later(opts.batch_timeout_micros / 1e6, self._timeout, queue)
-        return await task.future
+        self._submitted += 1
+        try:
+            if queue.pending_rows >= opts.max_batch_size:
+                self._dispatch(queue, loop)
+            elif queue.timer is None and not queue.due:
+                queue.timer = loop.call_later(opts.batch_timeout_micros / 1e6, self._timeout, queue)
+            return await task.future
+        finally:
+            self._submitted -= 1
 
     def _count_waiting(self, model_name: str, change: int) -> None:
         waiting = self._waiting.get(model_name, 0) + change
@@ -127,15 +146,14 @@ class Batcher:
     def _timeout(self, queue: _Queue) -> None:
         queue.timer = None
         queue.due = True
-        self._dispatch(queue)
+        self._dispatch(queue, asyncio.get_running_loop())
 
-    def _dispatch(self, queue: _Queue) -> None:
+    def _dispatch(self, queue: _Queue, loop: asyncio.AbstractEventLoop) -> None:
         """Start batches from ``queue`` while a batch thread is free and a batch is full or due."""
-        loop = asyncio.get_running_loop()
         while self._free_threads > 0 and queue.tasks and (queue.due or queue.pending_rows >= queue.options.max_batch_size):
             batch, rows = [], 0
             while queue.tasks and rows + queue.tasks[0].size <= queue.options.max_batch_size:
-                task = queue.tasks.pop(0)
+                task = queue.tasks.popleft()
                 batch.append(task)
                 rows += task.size
             queue.pending_rows -= rows
@@ -145,11 +163,8 @@ class Batcher:
             if self._metrics is not None:
                 # batching_session.cc ProcessBatch: queuing_latency per task, enqueue to the batch starting.
                 now = time.perf_counter()
-                for task in batch:
-                    self._metrics.queuing((now - task.enqueued) * 1e6)
-            running = loop.create_task(self._execute(queue, batch, rows))
-            self._running.add(running)  # the loop keeps only a weak reference to a task
-            running.add_done_callback(self._running.discard)
+                self._metrics.queuing_many([(now - task.enqueued) * 1e6 for task in batch])
+            self._start(queue, batch, rows, loop)
         if not queue.tasks:
             queue.due = False
             if queue.timer is not None:
@@ -159,27 +174,56 @@ class Batcher:
             if self._queues.get(queue.key) is queue:
                 del self._queues[queue.key]
 
-    async def _execute(self, queue: _Queue, batch: list[_Task], rows: int) -> None:
+    def _start(self, queue: _Queue, batch: list[_Task], rows: int, loop: asyncio.AbstractEventLoop) -> None:
+        """Merge and pad the batch here, run it on a batch thread; :meth:`_finished` runs on the loop after."""
         target = next((s for s in queue.options.allowed_batch_sizes if s >= rows), rows)
-        merged = {name: np.concatenate([t.arrays[name] for t in batch]) if len(batch) > 1 else batch[0].arrays[name]
-                  for name in batch[0].arrays}
-        if self._metrics is not None:
-            # batching_session.cc MergeInputTensors: padding_size and processed_batch_size, before the run.
-            self._metrics.batch(queue.model_name, target, len(batch), rows=rows)
-        if target > rows:
-            merged = {name: np.concatenate([value, np.repeat(value[-1:], target - rows, axis=0)]) for name, value in merged.items()}
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(self._pool, queue.run, merged)
-        except BaseException as exc:  # every caller in the batch gets the error
+            first = batch[0].arrays
+            merged = {name: np.concatenate([t.arrays[name] for t in batch]) for name in first} if len(batch) > 1 else first
+            if self._metrics is not None:
+                # batching_session.cc MergeInputTensors: padding_size and processed_batch_size, before the run.
+                self._metrics.batch(queue.model_name, target, len(batch), rows=rows)
+            if target > rows:
+                merged = {name: np.concatenate([value, np.repeat(value[-1:], target - rows, axis=0)]) for name, value in merged.items()}
+            if len(batch) == 1 and self._submitted == 1 and not self._enqueued and \
+                    self._free_threads == self.options.num_batch_threads - 1 and \
+                    self._last_runtime.get(queue.runner_key, INLINE_SECONDS) < INLINE_SECONDS:
+                self._finished(queue, batch, target, self._timed(queue, merged), None)
+                return
+            running = self._pool.submit(self._timed, queue, merged)
+        except BaseException as exc:
+            self._finished(queue, batch, target, None, exc)
+            return
+
+        def done(future: concurrent.futures.Future) -> None:  # on the batch thread
+            error = future.exception()
+            try:
+                loop.call_soon_threadsafe(self._finished, queue, batch, target, None if error else future.result(), error)
+            except RuntimeError:  # the loop closed while the batch ran (the engine stopped): nobody waits for it
+                pass
+
+        running.add_done_callback(done)
+
+    def _timed(self, queue: _Queue, merged: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        outputs = queue.run(merged)
+        if len(self._last_runtime) > 1024:  # keys of unloaded versions: forget them all now and then
+            self._last_runtime.clear()
+        self._last_runtime[queue.runner_key] = time.perf_counter() - started
+        return outputs
+
+    def _finished(self, queue: _Queue, batch: list[_Task], target: int, outputs: dict[str, np.ndarray] | None,
+                  error: BaseException | None) -> None:
+        self._free_threads += 1
+        loop = asyncio.get_running_loop()
+        for waiting in list(self._queues.values()):
+            if waiting.tasks and (waiting.due or waiting.pending_rows >= waiting.options.max_batch_size):
+                self._dispatch(waiting, loop)
+        if error is not None or outputs is None:  # every caller in the batch gets the error
             for task in batch:
                 if not task.future.done():
-                    task.future.set_exception(exc)
+                    task.future.set_exception(error if error is not None else RuntimeError("batch produced no outputs"))
             return
-        finally:
-            self._free_threads += 1
-            for waiting in list(self._queues.values()):
-                if waiting.tasks and (waiting.due or waiting.pending_rows >= waiting.options.max_batch_size):
-                    self._dispatch(waiting)
         if self._on_batch:
             self._on_batch(queue.model_name, target, len(batch))
         offset = 0

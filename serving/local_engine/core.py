@@ -73,18 +73,19 @@ class EngineCore:
         return asyncio.run_coroutine_threadsafe(self.run_async(servable, entry, arrays), self.loop).result()
 
     def prepare_tensors(self, name: str, signature: str, tensors: dict[str, Any], output_filter: list[str],
-                        version: int | None = None, label: str | None = None
+                        version: int | None = None, label: str | None = None, contents: dict[str, Any] | None = None
                         ) -> tuple[Servable, SignatureEntry, dict[str, np.ndarray], list[str]]:
         servable = self.manager.resolve(name, version, label)
         entry = predict.signature_of(servable, signature)
-        arrays = predict.decode_inputs(entry, tensors)
+        arrays = predict.decode_inputs(entry, tensors, contents)
         wanted = predict.check_output_filter(entry, output_filter)
         return servable, entry, arrays, wanted
 
     async def predict_tensors_async(self, name: str, signature: str, tensors: dict[str, Any], output_filter: list[str],
-                                    version: int | None = None, label: str | None = None
+                                    version: int | None = None, label: str | None = None, contents: dict[str, Any] | None = None
                                     ) -> tuple[Servable, SignatureEntry, dict[str, np.ndarray]]:
-        servable, entry, arrays, wanted = self.prepare_tensors(name, signature, tensors, output_filter, version, label)
+        """``contents``: tensor_content views into the request's bytes (codec.tensor_contents), decoded without a copy."""
+        servable, entry, arrays, wanted = self.prepare_tensors(name, signature, tensors, output_filter, version, label, contents)
         outputs = await self.run_async(servable, entry, arrays)
         if wanted:
             outputs = {k: outputs[k] for k in wanted}

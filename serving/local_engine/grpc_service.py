@@ -15,12 +15,17 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2
 
-from tfship.core.codec import to_tensor_proto
+from tfship.core.codec import tensor_contents, to_tensor_proto
 from tfship.serving.local_engine.errors import EngineError, clipped, invalid
 from tfship.serving.local_engine.repeated_errors import RepeatedErrors
 
 log = logging.getLogger(__name__)
 errors_log = RepeatedErrors(log)
+
+# Requests from this size on keep their bytes beside the parsed message: the tensors' tensor_content are
+# decoded as views into those bytes (no copy of the payload between the wire and the model).
+ZERO_COPY_BYTES = 64 * 1024
+PREDICT_INPUTS_FIELD = 2  # predict.proto: map<string, TensorProto> inputs = 2;
 
 
 async def _abort(context: Any, exc: EngineError) -> None:
@@ -59,12 +64,18 @@ def build_servicers(core: Any) -> tuple[Any, Any]:
                 await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
         async def Predict(self, request, context):
+            contents = None
+            if isinstance(request, _WithWire):  # a large request: its tensors are read from the wire bytes, not copied
+                contents = tensor_contents(request.data, PREDICT_INPUTS_FIELD)
+                request = request.message
+
             async def run():
                 if not request.HasField("model_spec"):
                     raise invalid("Missing ModelSpec")
                 spec = request.model_spec
                 servable, entry, outputs = await core.predict_tensors_async(spec.name, spec.signature_name, dict(request.inputs),
-                                                                            list(request.output_filter), **spec_args(spec))
+                                                                            list(request.output_filter), **spec_args(spec),
+                                                                            contents=contents)
                 response = predict_pb2.PredictResponse()
                 response.model_spec.name = servable.name
                 response.model_spec.version.value = servable.version
@@ -151,12 +162,23 @@ class _Unparsable:
         self.error = error
 
 
-def _safe_parser(message_cls: Any) -> Callable[[bytes], Any]:
+class _WithWire:
+    """A parsed request with the bytes it was parsed from."""
+
+    __slots__ = ("data", "message")
+
+    def __init__(self, message: Any, data: bytes) -> None:
+        self.message = message
+        self.data = data
+
+
+def _safe_parser(message_cls: Any, keep_wire: bool = False) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
         try:
-            return message_cls.FromString(data)
+            message = message_cls.FromString(data)
         except Exception as exc:  # DecodeError and friends: garbage on the wire
             return _Unparsable(message_cls.DESCRIPTOR.full_name, exc)
+        return _WithWire(message, data) if keep_wire and len(data) >= ZERO_COPY_BYTES else message
 
     return parse
 
@@ -191,14 +213,14 @@ def generic_handlers(prediction: Any, model: Any) -> tuple[Any, Any]:
         regression_pb2,
     )
 
-    def unary(method, request_cls, response_cls):
-        return grpc.unary_unary_rpc_method_handler(_guarded(method), request_deserializer=_safe_parser(request_cls),
+    def unary(method, request_cls, response_cls, keep_wire=False):
+        return grpc.unary_unary_rpc_method_handler(_guarded(method), request_deserializer=_safe_parser(request_cls, keep_wire),
                                                    response_serializer=response_cls.SerializeToString)
 
     prediction_methods = {
         "Classify": unary(prediction.Classify, classification_pb2.ClassificationRequest, classification_pb2.ClassificationResponse),
         "Regress": unary(prediction.Regress, regression_pb2.RegressionRequest, regression_pb2.RegressionResponse),
-        "Predict": unary(prediction.Predict, predict_pb2.PredictRequest, predict_pb2.PredictResponse),
+        "Predict": unary(prediction.Predict, predict_pb2.PredictRequest, predict_pb2.PredictResponse, keep_wire=True),
         "MultiInference": unary(prediction.MultiInference, inference_pb2.MultiInferenceRequest, inference_pb2.MultiInferenceResponse),
         "GetModelMetadata": unary(prediction.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest,
                                   get_model_metadata_pb2.GetModelMetadataResponse),

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import TracebackType
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 # Requests for a model the engine does not serve are counted under this one name: anyone can send any
@@ -138,6 +138,40 @@ class _TfServingCollector(Collector):
             return [family.metric() for family in self._owner._families.values()]
 
 
+class _GaugeCollector(Collector):
+    """A gauge labelled by model_name, held as a plain dict (a prometheus_client Gauge costs a lock and a
+    label lookup per change, and these change on every request)."""
+
+    def __init__(self, owner: Metrics, name: str, help_text: str, values: dict[str, int]) -> None:
+        self._owner, self._name, self._help, self._values = owner, name, help_text, values
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(self._name, self._help, labels=["model_name"])
+        with self._owner._lock:
+            for model, amount in self._values.items():
+                family.add_metric([model], float(amount))
+        return [family]
+
+
+class _Inflight:
+    """``with metrics.inflight(model):`` counts the request in tfship_inflight_requests while the block runs."""
+
+    __slots__ = ("_label", "_owner")
+
+    def __init__(self, owner: Metrics, label: str) -> None:
+        self._owner, self._label = owner, label
+
+    def __enter__(self) -> None:
+        owner = self._owner
+        with owner._lock:
+            owner._inflight[self._label] = owner._inflight.get(self._label, 0) + 1
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        owner = self._owner
+        with owner._lock:
+            owner._inflight[self._label] -= 1
+
+
 class Metrics:
     """The engine's metrics: TF Serving's (as TF Serving exports them) and tfship's own (``tfship_``)."""
 
@@ -183,18 +217,21 @@ class Metrics:
             _Family("/tensorflow/serving/batching_session/processed_batch_size",
                     "Tracks the batch size distribution on processing.", "histogram", (), BATCH_SIZE_BOUNDS),
         ]
+        # Looked up by TensorFlow's name on every request: keep both names in the table, no conversion per call.
+        self._by_tf_name = {f.name: f for f in families}
         for family in families:
             family.name = _prometheus_name(family.name)
         self._families = {f.name: f for f in families}
+        self._inflight: dict[str, int] = {}
+        self._queue_depth: dict[str, int] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_TfServingCollector(self))
-        self._inflight = Gauge("tfship_inflight_requests", "Requests being handled now.", ["model_name"],
-                               registry=self.registry)
-        self._queue_depth = Gauge("tfship_batch_queue_depth", "Tasks waiting in the batch queues of the model.",
-                                  ["model_name"], registry=self.registry)
+        self.registry.register(_GaugeCollector(self, "tfship_inflight_requests", "Requests being handled now.", self._inflight))
+        self.registry.register(_GaugeCollector(self, "tfship_batch_queue_depth", "Tasks waiting in the batch queues of the model.",
+                                               self._queue_depth))
 
     def _family(self, tf_name: str) -> _Family:
-        return self._families[_prometheus_name(tf_name)]
+        return self._by_tf_name[tf_name]
 
     def serves(self, model: str) -> None:
         """``model`` is configured: it gets a model_name label of its own from now on (warmup included)."""
@@ -254,8 +291,9 @@ class Metrics:
             if ok:
                 micros = max(0.0, seconds - warmup_seconds) * 1e6
                 self._family("/tensorflow/cc/saved_model/load_latency").add((model_path,), round(micros))
-        self._queue_depth.labels(model)  # the series exists (at 0) for every model the engine serves
-        self._inflight.labels(model)
+            # The series exist (at 0) for every model the engine serves.
+            self._queue_depth.setdefault(model, 0)
+            self._inflight.setdefault(model, 0)
 
     def warmup(self, model_path: str, status: str, micros: float) -> None:
         """saved_model_warmup_util.cc: model_warmup_latency{model_path,status} once per warmup that found an
@@ -284,22 +322,30 @@ class Metrics:
         """batching_session.cc ProcessBatch: queuing_latency{thread_pool_name} per task, from enqueue to the
         batch starting. The model server's sessions get thread_pool_name "" (bundle_factory_util.cc calls
         CreateBatchingSession without one)."""
+        self.queuing_many((micros,), thread_pool_name)
+
+    def queuing_many(self, micros: Iterable[float], thread_pool_name: str = "") -> None:
+        """:meth:`queuing` for each task of a batch, under one lock."""
+        family = self._family("/tensorflow/serving/batching_session/queuing_latency")
         with self._lock:
-            self._family("/tensorflow/serving/batching_session/queuing_latency").observe((thread_pool_name,), micros)
+            for value in micros:
+                family.observe((thread_pool_name,), value)
+
+    def input_batches(self, sizes: Iterable[int]) -> None:
+        """:meth:`input_batch` for each input tensor of a task, under one lock."""
+        family = self._family("/tensorflow/serving/batching_session/input_batch_size")
+        with self._lock:
+            for size in sizes:
+                family.observe((), size)
 
     def queue_depth(self, model: str, depth: int) -> None:
         """tfship_batch_queue_depth{model_name}: tasks of ``model`` waiting in the batch queues now."""
-        self._queue_depth.labels(self.model_label(model)).set(depth)
+        with self._lock:
+            self._queue_depth[self.model_label(model)] = depth
 
-    @contextmanager
-    def inflight(self, model: str) -> Iterator[None]:
-        """tfship_inflight_requests{model_name} counts the request while the block runs."""
-        gauge = self._inflight.labels(self.model_label(model))
-        gauge.inc()
-        try:
-            yield
-        finally:
-            gauge.dec()
+    def inflight(self, model: str) -> _Inflight:
+        """``with metrics.inflight(model):`` tfship_inflight_requests{model_name} counts the request while the block runs."""
+        return _Inflight(self, self.model_label(model))
 
     def render(self) -> str:
         """The page for /monitoring/prometheus/metrics (text format 0.0.4)."""

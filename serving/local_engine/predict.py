@@ -55,8 +55,11 @@ def check_input_names(entry: SignatureEntry, sent: set[str]) -> None:
     raise invalid(f"input tensor alias not found in signature: {extra}. Inputs expected to be in the set {_fmt_set(expected)}.")
 
 
-def decode_inputs(entry: SignatureEntry, tensors: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Check names, dtypes and shapes of TensorProtos against the signature, then decode them."""
+def decode_inputs(entry: SignatureEntry, tensors: dict[str, Any], contents: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Check names, dtypes and shapes of TensorProtos against the signature, then decode them.
+
+    ``contents``: tensor_content buffers by input name, views into the request's bytes
+    (codec.tensor_contents): those arrays share the request's memory instead of copying it."""
     check_input_names(entry, set(tensors))
     arrays = {}
     for index, name in enumerate(entry.input_order):
@@ -66,7 +69,7 @@ def decode_inputs(entry: SignatureEntry, tensors: dict[str, Any]) -> dict[str, n
         if tensor.dtype != expected_dt:
             raise invalid(f"Expects arg[{index}] to be {tf_type_name(dtype_name(expected_dt))} but {tf_type_name(dtype_name(tensor.dtype))} is provided")
         try:
-            arrays[name] = to_ndarray(tensor)
+            arrays[name] = to_ndarray(tensor, contents.get(name) if contents else None)
         except CodecError as exc:
             raise invalid(f"input '{name}': {exc}") from None
     return arrays

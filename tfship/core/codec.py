@@ -154,19 +154,23 @@ def _shown_shape(shape: tuple[int, ...]) -> str:
     return text if len(text) <= 200 else text[:200] + "...]"
 
 
-def to_ndarray(tensor: Any) -> np.ndarray:
-    """Decode a TensorProto (ours or tensorflow's) into a numpy array; a malformed one raises CodecError."""
+def to_ndarray(tensor: Any, content: Any = None) -> np.ndarray:
+    """Decode a TensorProto (ours or tensorflow's) into a numpy array; a malformed one raises CodecError.
+
+    ``content``: the tensor's tensor_content as a buffer already at hand (a view into the request's bytes
+    from :func:`tensor_contents`), used instead of the message's field: the array then shares that memory.
+    """
     shape = shape_of(tensor)
     count = element_count(shape)
     try:
-        return _decode(tensor, shape, count)
+        return _decode(tensor, shape, count, content)
     except (ValueError, OverflowError, MemoryError) as exc:
         if isinstance(exc, CodecError):
             raise
         raise CodecError(f"tensor of shape {_shown_shape(shape)} cannot be decoded: {first_line(exc, 200)}") from exc
 
 
-def _decode(tensor: Any, shape: tuple[int, ...], count: int) -> np.ndarray:
+def _decode(tensor: Any, shape: tuple[int, ...], count: int, content: Any = None) -> np.ndarray:
     dt = tensor.dtype
     if dt == DT_STRING:
         values = list(tensor.string_val)
@@ -174,8 +178,9 @@ def _decode(tensor: Any, shape: tuple[int, ...], count: int) -> np.ndarray:
         array[:] = values
         return _fill(array, count, shape, "string_val")
     dtype = enum_to_dtype(dt)
-    content = tensor.tensor_content
-    if content:
+    if content is None:
+        content = tensor.tensor_content
+    if len(content):
         if len(content) != count * dtype.itemsize:
             raise CodecError(
                 f"tensor_content holds {len(content)} bytes but shape {_shown_shape(shape)} of {dtype_name(dt)} "
@@ -209,3 +214,74 @@ def _fill(array: np.ndarray, count: int, shape: tuple[int, ...], field: str) -> 
         padded[array.size:] = array[-1]
         return padded.reshape(shape)
     raise CodecError(f"{field} holds {array.size} values but shape {_shown_shape(shape)} needs {count}")
+
+
+# --- zero-copy decoding from the wire --------------------------------------------------------------
+
+def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(data: memoryview, start: int, end: int) -> Any:
+    """(field number, wire type, value start, value end) of each field in data[start:end] (protobuf wire format)."""
+    pos = start
+    while pos < end:
+        tag, pos = _varint(data, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _, after = _varint(data, pos)
+        elif wire == 1:
+            after = pos + 8
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            after = pos + length
+        elif wire == 5:
+            after = pos + 4
+        else:  # groups (3, 4) are not in these messages
+            raise ValueError(f"wire type {wire}")
+        if after > end:
+            raise ValueError("field past the end of its message")
+        yield number, wire, pos, after
+        pos = after
+
+
+def tensor_contents(data: bytes, map_field: int) -> dict[str, memoryview] | None:
+    """Views into ``data`` (a serialized message such as PredictRequest) of the ``tensor_content`` of each
+    TensorProto in its ``map<string, TensorProto>`` field number ``map_field`` (PredictRequest.inputs: 2).
+
+    The views share ``data``'s memory: ``to_ndarray(tensor, content=view)`` decodes a tensor without the
+    copy that reading ``tensor.tensor_content`` from the parsed message makes. Protobuf's rules hold: the
+    last entry of a key wins, and a TensorProto given in several pieces keeps the last tensor_content.
+    A tensor without tensor_content is absent from the result; None when ``data`` does not parse (the
+    caller then reads the parsed message, which refuses it properly).
+    """
+    view = memoryview(data)
+    found: dict[str, memoryview] = {}
+    try:
+        for number, wire, start, end in _fields(view, 0, len(view)):
+            if number != map_field or wire != 2:
+                continue
+            key, content = "", None
+            for entry_number, entry_wire, entry_start, entry_end in _fields(view, start, end):
+                if entry_number == 1 and entry_wire == 2:
+                    key = bytes(view[entry_start:entry_end]).decode("utf-8")
+                elif entry_number == 2 and entry_wire == 2:
+                    for tensor_number, tensor_wire, tensor_start, tensor_end in _fields(view, entry_start, entry_end):
+                        if tensor_number == 4 and tensor_wire == 2:  # TensorProto.tensor_content
+                            content = view[tensor_start:tensor_end]
+            if content is not None and len(content):
+                found[key] = content
+            else:
+                found.pop(key, None)
+    except (ValueError, IndexError):
+        return None
+    return found

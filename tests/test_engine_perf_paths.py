@@ -1,0 +1,150 @@
+"""The engine's fast paths give the answers of the plain ones: tensor_content read from the wire bytes
+(no copy), the batcher's callbacks and its run on the loop when the engine is idle."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+
+from tfship.core.codec import BFLOAT16, CodecError, tensor_contents, to_ndarray, to_tensor_proto  # noqa: E402
+from tfship.serving.config import BatchingOptions  # noqa: E402
+from tfship.serving.local_engine import LocalEngine, ModelConfig  # noqa: E402
+from tfship.serving.local_engine.grpc_service import ZERO_COPY_BYTES  # noqa: E402
+
+DTYPES = [np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+          np.uint64, np.bool_, np.complex64, np.complex128, BFLOAT16]
+
+
+def request_with(arrays: dict[str, np.ndarray]) -> bytes:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    for name, value in arrays.items():
+        to_tensor_proto(value, request.inputs[name])
+    request.output_filter.append("y")
+    return request.SerializeToString()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_tensor_content_views_round_trip_every_dtype_without_a_copy(dtype):
+    rng = np.random.default_rng(1)
+    value = (rng.random((3, 5, 2)) * 100).astype(dtype)
+    other = np.arange(7, dtype=np.int32)
+    data = request_with({"a": value, "b": other})
+    views = tensor_contents(data, 2)
+    parsed = predict_pb2.PredictRequest.FromString(data)
+    decoded = to_ndarray(parsed.inputs["a"], views["a"])
+    assert decoded.dtype == np.dtype(dtype) and decoded.shape == value.shape
+    np.testing.assert_array_equal(decoded, value)
+    np.testing.assert_array_equal(decoded, to_ndarray(parsed.inputs["a"]))  # same as from the parsed field
+    np.testing.assert_array_equal(to_ndarray(parsed.inputs["b"], views["b"]), other)
+    assert np.shares_memory(decoded, np.frombuffer(data, np.uint8))  # a view into the request's bytes
+
+
+def test_tensor_contents_follow_protobufs_merge_rules():
+    first = request_with({"x": np.array([1.0, 2.0], np.float32)})
+    second = request_with({"x": np.array([5.0, 6.0], np.float32)})
+    # Concatenated messages merge: a map key given twice keeps its last entry, as the parser does.
+    data = first + second
+    parsed = predict_pb2.PredictRequest.FromString(data)
+    np.testing.assert_array_equal(to_ndarray(parsed.inputs["x"], tensor_contents(data, 2)["x"]), to_ndarray(parsed.inputs["x"]))
+    np.testing.assert_array_equal(to_ndarray(parsed.inputs["x"], tensor_contents(data, 2)["x"]), [5.0, 6.0])
+    # Values in float_val (no tensor_content) are not in the views; the parsed message decodes them.
+    request = predict_pb2.PredictRequest()
+    request.inputs["v"].dtype = tf.float32.as_datatype_enum
+    request.inputs["v"].float_val.extend([1.5, 2.5])
+    assert tensor_contents(request.SerializeToString(), 2) == {}
+    # Bytes that do not parse: None (the caller falls back to the parsed message, which refuses them).
+    assert tensor_contents(first[:-5], 2) is None  # cut inside the tensor
+    assert tensor_contents(b"\x12\xff\xff\xff\xff\x0f", 2) is None
+
+
+def test_a_view_of_the_wrong_length_is_refused_like_the_field():
+    tensor = to_tensor_proto(np.zeros((2, 3), np.float32))
+    with pytest.raises(CodecError, match="tensor_content holds 20 bytes"):
+        to_ndarray(tensor, memoryview(bytes(20)))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    import keras
+
+    root = tmp_path_factory.mktemp("perf") / "m"
+    x = keras.Input(shape=(4,), name="x")
+    model = keras.Model(x, keras.layers.Dense(3, kernel_initializer="ones", bias_initializer="zeros")(x))
+    model.export(str(root / "1"), format="tf_saved_model", verbose=False)
+    return root
+
+
+def expected(x: np.ndarray) -> np.ndarray:
+    return np.repeat(x.sum(axis=1, keepdims=True), 3, axis=1)
+
+
+def predict_call(stub, x: np.ndarray, name: str = "m"):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    to_tensor_proto(x, request.inputs["x"])
+    return stub.Predict(request, timeout=30)
+
+
+@pytest.mark.parametrize("timeout_micros", [0, 2000])
+def test_batched_answers_are_each_callers_own_rows(model_dir, timeout_micros):
+    options = BatchingOptions(max_batch_size=8, batch_timeout_micros=timeout_micros, num_batch_threads=1)
+    with LocalEngine([ModelConfig("m", model_dir)], grpc_port=0, rest_port=None, batching=options) as engine:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{engine.grpc_port}"))
+        # One at a time (the idle engine may run the batch on its loop), then many at once (batches of several).
+        for i in range(5):
+            x = np.full((1, 4), i, np.float32)
+            answer = predict_call(stub, x)
+            np.testing.assert_allclose(to_ndarray(answer.outputs["output_0"]), expected(x))
+        failures: list[str] = []
+
+        def caller(seed: int) -> None:
+            rng = np.random.default_rng(seed)
+            for _ in range(15):
+                x = rng.random((int(rng.integers(1, 4)), 4), dtype=np.float32)
+                got = to_ndarray(predict_call(stub, x).outputs["output_0"])
+                if got.shape != (len(x), 3) or not np.allclose(got, expected(x), atol=1e-5):
+                    failures.append(f"caller {seed}: {x} -> {got}")
+
+        threads = [threading.Thread(target=caller, args=(s,)) for s in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == []
+        # A failing batch still answers with TF Serving's error, on the loop or on the batch thread.
+        for _ in range(2):
+            with pytest.raises(grpc.RpcError) as caught:
+                predict_call(stub, np.zeros((1, 5), np.float32))
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        text = engine.core.metrics.render()
+        assert 'tfship_inflight_requests{model_name="m"} 0.0' in text
+        assert 'tfship_batch_queue_depth{model_name="m"} 0.0' in text
+
+
+def test_large_request_is_decoded_from_the_wire_and_answers_the_same(model_dir):
+    rows = ZERO_COPY_BYTES // 16 + 100  # 4 float32 a row: the request is above the zero-copy size
+    x = np.random.default_rng(3).random((rows, 4), dtype=np.float32)
+    options = BatchingOptions(max_batch_size=1 << 16, batch_timeout_micros=0, num_batch_threads=1)
+    for batching in (options, None):
+        with LocalEngine([ModelConfig("m", model_dir)], grpc_port=0, rest_port=None, batching=batching) as engine:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{engine.grpc_port}"))
+            answer = predict_call(stub, x)
+            np.testing.assert_allclose(to_ndarray(answer.outputs["output_0"]), expected(x), rtol=1e-5)
+            # A tensor_content that does not fit its shape gets the same refusal as a small request.
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "m"
+            to_tensor_proto(x, request.inputs["x"])
+            request.inputs["x"].tensor_shape.dim[0].size = rows + 1
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Predict(request, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "input 'x': tensor_content holds" in caught.value.details()
