@@ -8,6 +8,7 @@ http.client, closed loop: each worker sends its next request when the answer arr
   engine    the tfship local engine, batching on (max_batch_size 64, batch_timeout_micros 0, one batch
             thread: a batch starts as soon as the batch thread is free and takes every waiting task),
             TF_ENABLE_ONEDNN_OPTS=0 as the model server runs, TensorFlow threads left to the engine
+            (TFSHIP_BENCH_TF_THREADS=N sets intra/inter-op threads to N)
   tflite    the same engine with --prefer_tflite_model on a version holding model.tflite
   http-echo aiohttp server: parses the JSON body, answers a fixed JSON (the REST ceiling)
 Parts:
@@ -144,8 +145,9 @@ def serve_engine(port: int, rest_port: int, repo: str, tflite: bool) -> None:
     options = BatchingOptions(max_batch_size=64, batch_timeout_micros=int(os.environ.get("TFSHIP_BENCH_TIMEOUT_US", "0")),
                               num_batch_threads=int(os.environ.get("TFSHIP_BENCH_BATCH_THREADS", "1")))
     configs = [ModelConfig(path.name, path) for path in sorted(Path(repo).iterdir()) if path.is_dir()]
-    engine = LocalEngine(configs, grpc_port=port, rest_port=rest_port or None, batching=options,
-                         load_options=LoadOptions(prefer_tflite=tflite)).start()
+    threads = int(os.environ.get("TFSHIP_BENCH_TF_THREADS", "0"))  # 0: TensorFlow's (or the engine's) choice
+    engine = LocalEngine(configs, grpc_port=port, rest_port=rest_port or None, batching=options, intra_op_threads=threads,
+                         inter_op_threads=threads, load_options=LoadOptions(prefer_tflite=tflite)).start()
     print("ready", flush=True)
     engine.serve_until_signal(grace=1)
 
@@ -305,7 +307,7 @@ def startup_seconds(repo_dir: Path) -> float:
 
     port = free_port()
     began = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "tfship.cli_model_server", f"--port={port}", "--model_name=digits",
+    process = subprocess.Popen([sys.executable, "-c", "from tfship.cli_model_server import main; main()", f"--port={port}", "--model_name=digits",
                                 f"--model_base_path={repo_dir}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
         stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
@@ -473,9 +475,9 @@ def main() -> int:
                 print(f"{key}: engine / echo bytes/s = {ratio('engine', 'echo', key):.2f} (target >= 0.80)")
             for batch in (1, 32):
                 traced_result = run_child(["tracemalloc", "--repo", str(repo), "--batch", str(batch)])
-                ratio = traced_result["peak"] / traced_result["payload"]
+                factor = traced_result["peak"] / traced_result["payload"]
                 print(f"tracemalloc peak per request, batch {batch}: {traced_result['peak'] / 1e6:.2f} MB for a "
-                      f"{traced_result['payload'] / 1e6:.2f} MB payload = {ratio:.2f}x (target <= 2x)")
+                      f"{traced_result['payload'] / 1e6:.2f} MB payload = {factor:.2f}x (target <= 2x)")
         if "rest" in parts:
             r_e, r_g = row("rest-echo", "rest@16"), row("rest-engine", "rest@16")
             print("\nREST :predict (row format, one sample), c=16")

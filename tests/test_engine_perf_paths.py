@@ -148,3 +148,36 @@ def test_large_request_is_decoded_from_the_wire_and_answers_the_same(model_dir):
                 stub.Predict(request, timeout=30)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "input 'x': tensor_content holds" in caught.value.details()
+
+
+def test_idle_engine_runs_short_batches_on_the_loop_and_long_or_larger_ones_on_a_batch_thread():
+    import asyncio
+    import time
+
+    from tfship.serving.local_engine.batching import INLINE_SECONDS, Batcher
+
+    threads: list[str] = []
+
+    def run(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        threads.append(threading.current_thread().name)
+        if arrays["x"][0, 0] < 0:  # a slow call
+            time.sleep(INLINE_SECONDS * 3)
+        return {"y": arrays["x"] * 2}
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = Batcher(BatchingOptions(max_batch_size=8, batch_timeout_micros=0, num_batch_threads=1))
+        try:
+            answers = []
+            for rows, sign in ((1, 1), (1, 1), (4, 1), (4, 1), (4, -1), (4, 1)):
+                x = np.full((rows, 2), sign * (len(answers) + 1), np.float32)
+                answers.append((await batcher.submit(("m", 1, "s", 0), "m", {"x": x}, rows, run))["y"] / x)
+            return answers
+        finally:
+            batcher.stop()
+
+    answers = asyncio.run(scenario())
+    assert all(np.all(a == 2) for a in answers)
+    on_loop = [name == threading.current_thread().name for name in threads]
+    # First call unknown: a batch thread; then short: the loop; more rows than measured: a batch thread again;
+    # the same rows: the loop; after a slow call: a batch thread.
+    assert on_loop == [False, True, False, True, True, False]

@@ -42,7 +42,7 @@ Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 # A lone batch runs on the loop when its model's last call took less than this (a longer call would hold up
 # the loop: health checks, the metrics page, new requests).
-INLINE_SECONDS = 0.002
+INLINE_SECONDS = 0.0005
 
 
 @dataclass
@@ -57,7 +57,7 @@ class _Task:
 class _Queue:
     run: Runner
     model_name: str
-    runner_key: tuple  # the servable and signature, for the runtime of their last call
+    runner_key: tuple  # the servable and signature
     options: BatchingOptions
     key: tuple = ()  # runner_key and the inputs' shapes: this queue's place in Batcher._queues
     tasks: deque[_Task] = field(default_factory=deque)
@@ -81,7 +81,8 @@ class Batcher:
         self._on_batch = on_batch
         self._enqueued = 0
         self._submitted = 0  # tasks submitted and not answered yet
-        self._last_runtime: dict[tuple, float] = {}  # seconds of the last model call per key (servable, signature)
+        # The last model call per queue key (servable, signature, input shapes): its seconds and rows.
+        self._last_runtime: dict[tuple, tuple[float, int]] = {}
 
     def stop(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
@@ -187,10 +188,10 @@ class Batcher:
                 merged = {name: np.concatenate([value, np.repeat(value[-1:], target - rows, axis=0)]) for name, value in merged.items()}
             if len(batch) == 1 and self._submitted == 1 and not self._enqueued and \
                     self._free_threads == self.options.num_batch_threads - 1 and \
-                    self._last_runtime.get(queue.runner_key, INLINE_SECONDS) < INLINE_SECONDS:
-                self._finished(queue, batch, target, self._timed(queue, merged), None)
+                    self._inline(queue.key, target):
+                self._finished(queue, batch, target, self._timed(queue, merged, target), None)
                 return
-            running = self._pool.submit(self._timed, queue, merged)
+            running = self._pool.submit(self._timed, queue, merged, target)
         except BaseException as exc:
             self._finished(queue, batch, target, None, exc)
             return
@@ -204,12 +205,17 @@ class Batcher:
 
         running.add_done_callback(done)
 
-    def _timed(self, queue: _Queue, merged: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _inline(self, key: tuple, rows: int) -> bool:
+        """Whether a call of ``rows`` rows is known to be short: one as large for these shapes took under INLINE_SECONDS."""
+        last = self._last_runtime.get(key)
+        return last is not None and last[0] < INLINE_SECONDS and rows <= last[1]
+
+    def _timed(self, queue: _Queue, merged: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         outputs = queue.run(merged)
         if len(self._last_runtime) > 1024:  # keys of unloaded versions: forget them all now and then
             self._last_runtime.clear()
-        self._last_runtime[queue.runner_key] = time.perf_counter() - started
+        self._last_runtime[queue.key] = (time.perf_counter() - started, rows)
         return outputs
 
     def _finished(self, queue: _Queue, batch: list[_Task], target: int, outputs: dict[str, np.ndarray] | None,
