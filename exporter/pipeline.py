@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +25,7 @@ from tfship.core import signing
 from tfship.core import tolerance as tolerances
 from tfship.core.errors import ExportError, PredictionMismatch, TfshipError, UsageError, describe_exception
 from tfship.core.tolerance import Tolerance
-from tfship.exporter import keras_model, repository, sources, tflite, warmup
+from tfship.exporter import attestation, diagnose, keras_model, mlbom, repository, sources, tflite, warmup
 from tfship.exporter import manifest as mf
 from tfship.exporter import onnx as onnx_export
 
@@ -67,6 +67,9 @@ class ExportOptions:
     atol: dict[str, float] = field(default_factory=dict)  # label ("*" for all) -> value
     rtol: dict[str, float] = field(default_factory=dict)
     signature: str = sources.SIGNATURE_KEY
+    # Bisect every converted artifact for where it diverges (an artifact that fails parity always is).
+    diagnose: bool = False
+    diagnose_dir: Path | None = None  # where the reproductions go [default: ./tfship-diagnose/NAME-VERSION]
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class ExportResult:
                         "max_abs": max((o["max_abs"] for o in p.outputs), default=None),
                         "top1_agreement": _min_top1(p.outputs)} for p in self.manifest.parity],
             "notices": list(self.manifest.notices), "timings": self.timings,
+            "diagnoses": [{"artifact": d.get("artifact"), "summary": _located_summary(d), "reproduction": d.get("reproduction")}
+                          for d in self.manifest.diagnoses],
         }
 
 
@@ -160,6 +165,13 @@ def export(options: ExportOptions, progress: Callable[[str], None] | None = None
     staging = repository.staging_dir(model_dir)
     try:
         manifest, timings = worker.build_in_child(options, staging, version, report)
+        # The reproductions of a diagnosis leave the version before anything checks, attests or signs it.
+        reproductions = diagnose.move_reproductions(staging, Path(options.diagnose_dir or Path("tfship-diagnose") / f"{options.name}-{version}"))
+        if manifest.diagnoses:
+            manifest = replace(manifest, diagnoses=tuple(diagnose.located(manifest.diagnoses, reproductions)))
+            manifest.write(staging)
+            for entry in manifest.diagnoses:
+                report(f"notice: diagnose: {_located_summary(entry)}")
         worker.check_staging(staging)
         parity = manifest.parity
         failed = [p for p in parity if p.status == "failed"]
@@ -168,20 +180,34 @@ def export(options: ExportOptions, progress: Callable[[str], None] | None = None
         mismatched = [p for p in parity if p.status == "mismatch"]
         if mismatched and not options.allow_mismatch:
             first = mismatched[0]
+            where = next((f"; {_located_summary(d)}" for d in manifest.diagnoses if d.get("artifact") == first.label and d.get("diverges")), "")
             raise PredictionMismatch(
-                f"{first.label} does not predict what the original predicts: {first.error}; "
+                f"{first.label} does not predict what the original predicts: {first.error}{where}; "
                 f"no version was written (pass --allow-mismatch to keep it, or loosen --atol/--rtol)"
             )
         stages = _Stages(report)
         stages.timings.update(timings)
+        stages.run("bom", "writing the ML-BOM", lambda: mlbom.write(staging))
         sign_key = options.sign_key
         if sign_key is not None:
-            stages.run("sign", "signing the version", lambda: signing.sign(staging, key=Path(sign_key), password=options.sign_key_password))
+            def sign() -> None:
+                # The attestation first: model.sig then covers it with every other file.
+                attestation.attest(staging, Path(sign_key), options.sign_key_password)
+                signing.sign(staging, key=Path(sign_key), password=options.sign_key_password)
+
+            stages.run("sign", "attesting and signing the version", sign)
         final = repository.publish(staging, model_dir, version)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportResult(name=options.name, version=version, directory=final, manifest=manifest, timings=stages.timings)
+
+
+def _located_summary(entry: dict[str, Any]) -> str:
+    """A diagnosis' summary naming where its reproduction now lies."""
+    text = str(entry.get("summary") or entry.get("artifact"))
+    head, _, _ = text.partition("; reproduction in ")
+    return f"{head}; reproduction in {entry['reproduction']}" if entry.get("reproduction") else head
 
 
 def build_version(options: ExportOptions, staging: Path, version: int, progress: Callable[[str], None],
@@ -218,6 +244,11 @@ def build_version(options: ExportOptions, staging: Path, version: int, progress:
             progress(f"warning: {warning}")
     artifacts, parity = _build(staging, loaded, inputs, reference, calibration, options, stages)
     failures = [f"{p.label} could not be produced: {p.error}" for p in parity if p.status == "failed"]
+    # A mismatch is always bisected; with --diagnose every converted artifact is (a failed conversion too).
+    to_diagnose = [p for p in parity if options.diagnose or p.status == "mismatch"]
+    diagnoses = stages.run("diagnose", "finding where the conversion diverges", lambda: diagnose.diagnose_export(
+        loaded.keras_model, to_diagnose, inputs, staging, opset=options.opset, calibration=calibration,
+        everything=options.diagnose, progress=progress)) if to_diagnose else []
     stages.run("write", "writing golden set, warmup records and manifest", lambda: _write_support(staging, options.name, inputs, reference))
     artifacts.append(mf.Artifact("golden", "float32", mf.GOLDEN, mf.describe_files(staging, mf.GOLDEN)))
     artifacts.append(mf.Artifact("warmup", "float32", mf.WARMUP, mf.describe_files(staging, mf.WARMUP)))
@@ -228,6 +259,7 @@ def build_version(options: ExportOptions, staging: Path, version: int, progress:
         libraries={**_library_versions(), "onnx_opset": str(options.opset)},
         signature=loaded.signature, artifacts=tuple(artifacts), parity=tuple(parity),
         samples=sample_info, notices=tuple(loaded.notices) + tuple(failures),
+        diagnoses=tuple(d.to_dict() for d in diagnoses),
     )
     manifest.write(staging)
     return manifest, stages.timings

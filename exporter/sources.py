@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tfship.core.errors import ExportError, UsageError
 from tfship.exporter import config_safety, savedmodel_safety
-from tfship.exporter.architecture import is_checkpoint_prefix, load_weights_with_architecture
+from tfship.exporter.architecture import is_checkpoint_directory, is_checkpoint_prefix, load_weights_with_architecture
 from tfship.exporter.custom_objects import load_custom_objects
 from tfship.exporter.keras_loading import load_h5, load_keras_file
 from tfship.exporter.loaded_model import SIGNATURE_KEY, LoadedModel
@@ -36,6 +36,11 @@ def load_source(
     if not source.exists() and not is_checkpoint_prefix(source):
         raise ExportError(f"{source}: no such file or directory")
     custom_objects = load_custom_objects(custom_objects_spec)
+    if is_checkpoint_directory(source):
+        if not architecture:
+            raise UsageError(f"{source}: a folder of TensorFlow checkpoints holds only weights; "
+                             f"pass --architecture arch.json or module:build_fn")
+        return load_weights_with_architecture(source, architecture, custom_objects, trust_code)
     if source.is_dir():
         if architecture:
             raise UsageError(f"{source}: --architecture goes with a weights file, not a SavedModel directory")

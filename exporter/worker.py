@@ -363,6 +363,7 @@ def _tail(path: Path) -> str:
 def _options_to_json(options: ExportOptions) -> dict[str, Any]:
     data = asdict(options)
     data["sign_key"] = data["sign_key_password"] = None  # the private key never enters the worker
+    data["diagnose_dir"] = None  # the parent moves the reproductions out of the staging folder
     for key in ("source", "calibration", "samples"):
         if data[key] is not None:
             data[key] = os.path.abspath(data[key])

@@ -40,6 +40,9 @@ def use_standard_kernels() -> None:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
+FEW_CORES = 2  # at most this many: one TensorFlow thread each unless the flags say otherwise
+
+
 @dataclass(frozen=True)
 class ServerFlags:
     """TF Serving's server options with its defaults, plus tfship's own (``tfship_*``)."""
@@ -119,6 +122,12 @@ class ServerFlags:
         """(intra, inter): --tensorflow_session_parallelism sets both unless the specific flags do."""
         intra = self.tensorflow_intra_op_parallelism or self.tensorflow_session_parallelism
         inter = self.tensorflow_inter_op_parallelism or self.tensorflow_session_parallelism
+        if not intra and not inter and (os.cpu_count() or 1) <= FEW_CORES:
+            # TensorFlow's pool threads spin while they wait and take the cores the request handling
+            # needs: one each serves more requests on a small machine (measured: bench/serving.py).
+            log.info("%d cores: TensorFlow intra/inter-op threads set to 1 (--tensorflow_intra_op_parallelism "
+                     "and --tensorflow_inter_op_parallelism choose otherwise)", os.cpu_count() or 1)
+            return 1, 1
         return intra, inter
 
 

@@ -103,10 +103,35 @@ def test_verify_prints_the_proven_parity(attested_repo, keys):
     assert data["attestation"]["predicate_type"] == "https://tfship.dev/attestation/export/v1"
 
 
-def test_a_version_without_attestation_still_verifies(signed_repo, keys):
-    result = run_cli("verify", signed_repo["repo"] / "digits" / "1", "--public-key", keys["public"])
+def test_a_signed_export_carries_its_attestation_and_ml_bom(signed_repo, keys):
+    version = signed_repo["repo"] / "digits" / "1"
+    assert (version / "attestation.intoto.jsonl").is_file() and (version / "bom.cdx.json").is_file()
+    data = json.loads(run_cli("verify", version, "--public-key", keys["public"], "--json").stdout)["data"]
+    assert data["attestation"]["ok"], data
+
+
+def test_a_version_without_attestation_still_verifies(signed_repo, keys, tmp_path):
+    from tfship.core import signing
+
+    # A version signed the way earlier tfship releases signed: model.sig alone.
+    repo = copy_repo(signed_repo["repo"], tmp_path / "models")
+    version = repo / "digits" / "1"
+    (version / "attestation.intoto.jsonl").unlink()
+    (version / "model.sig").unlink()
+    signing.sign(version, key=keys["private"])
+    result = run_cli("verify", version, "--public-key", keys["public"])
     assert result.exit_code == 0, result.stderr
     assert "no attestation" in result.stdout
+
+
+def test_the_bom_is_signed_with_the_version(signed_repo, keys, tmp_path):
+    repo = copy_repo(signed_repo["repo"], tmp_path / "models")
+    version = repo / "digits" / "1"
+    bom = json.loads((version / "bom.cdx.json").read_text())
+    bom["metadata"]["component"]["name"] = "something-else"
+    (version / "bom.cdx.json").write_text(json.dumps(bom))
+    result = run_cli("verify", version, "--public-key", keys["public"])
+    assert result.exit_code == 5, result.stdout
 
 
 def _flip_tflite(version: Path) -> None:
@@ -178,8 +203,13 @@ def test_tampering_fails_verify_and_serve(case, resigned, attested_repo, keys):
 
 
 def test_gate_serves_attested_and_unattested_versions(attested_repo, keys):
+    from tfship.core import signing
     from tfship.serving.gate import check_repository
 
+    # Version 2 signed as earlier tfship releases signed: model.sig alone.
+    (attested_repo / "digits" / "2" / "attestation.intoto.jsonl").unlink()
+    (attested_repo / "digits" / "2" / "model.sig").unlink()
+    signing.sign(attested_repo / "digits" / "2", key=keys["private"])
     checks = {c.version: c for c in check_repository(attested_repo, keys["public"])}
     assert checks[1].ok and checks[1].attested
     assert checks[2].ok and not checks[2].attested  # signed before attestations: served as before
@@ -190,6 +220,7 @@ def test_gate_serves_attested_and_unattested_versions(attested_repo, keys):
 def test_sign_refuses_to_attest_a_swapped_artifact(signed_repo, keys, tmp_path):
     version = shutil.copytree(signed_repo["repo"] / "digits" / "1", tmp_path / "v")
     (version / "model.sig").unlink()
+    (version / "attestation.intoto.jsonl").unlink()
     (version / "model.onnx").write_bytes((version / "model.onnx").read_bytes() + b"\0")
     result = run_cli("sign", version, "--key", keys["private"])
     assert result.exit_code == 5

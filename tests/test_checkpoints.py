@@ -138,3 +138,24 @@ def test_a_directory_without_a_checkpoint_file(tmp_path):
     (tmp_path / "escape" / "checkpoint").write_text('model_checkpoint_path: "../elsewhere/ckpt-1"\n')
     with pytest.raises(ExportError, match="lies outside"):
         resolve_checkpoint(tmp_path / "escape")
+
+
+@pytest.mark.slow  # one export through the confined worker
+def test_export_a_checkpoint_directory_takes_its_latest_checkpoint(tmp_path):
+    model = keras3_model()
+    folder = tmp_path / "ckpt"
+    _, arch = save_checkpoint(model, folder, saves=2)
+    code, document = run_json("export", folder, "--architecture", arch, "--name", "ck", "--repo", tmp_path / "models",
+                              "--formats", "savedmodel")
+    assert code == 0, document["errors"]
+    assert any("ckpt-2" in notice for notice in document["data"]["notices"])
+    np.testing.assert_allclose(served_outputs(tmp_path / "models" / "ck" / "1", INPUTS), model.predict(INPUTS, verbose=0), atol=1e-6)
+
+
+def test_a_checkpoint_directory_without_an_architecture_says_what_to_pass(tmp_path):
+    save_checkpoint(keras3_model(), tmp_path / "ckpt")
+    code, document = run_json("export", tmp_path / "ckpt", "--name", "ck", "--repo", tmp_path / "models")
+    assert code == 2
+    (message,) = document["errors"]
+    assert "holds only weights" in message and "--architecture" in message
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").rglob("saved_model.pb"))

@@ -117,7 +117,8 @@ def test_diagnose_command_on_an_exported_version(digits_model, tmp_path):
     from tfship.exporter import ExportOptions, export
 
     export(ExportOptions(source=digits_model["h5"], name="digits", repo=tmp_path / "models", formats=("savedmodel", "tflite"),
-                         samples=digits_model["samples"], atol={"tflite": 0.0}, rtol={"tflite": 0.0}, allow_mismatch=True))
+                         samples=digits_model["samples"], atol={"tflite": 0.0}, rtol={"tflite": 0.0}, allow_mismatch=True,
+                         diagnose_dir=tmp_path / "at-export"))
     version = tmp_path / "models" / "digits" / "1"
     manifest = json.loads((version / "manifest.json").read_text())
     assert next(p for p in manifest["parity"] if p["format"] == "tflite")["status"] == "mismatch"
@@ -160,3 +161,34 @@ def test_export_diagnoses_failing_artifacts_in_staging_and_moves_the_reproductio
     assert (moved / "tflite" / "truncated.tflite").exists() and (moved / "tflite" / "truncated.keras").exists()
     assert json.loads((moved / "tflite" / "report.json").read_text())["reproduction"] == "tflite"
     assert move_reproductions(staging, tmp_path / "elsewhere") is None and not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.slow
+def test_export_that_fails_parity_names_where_it_diverges(digits_model, tmp_path):
+    """tfship export bisects an artifact that fails parity on its own, and keeps the reproduction out of the version."""
+    from tfship.cli_export import COMMANDS
+
+    group = click_group(COMMANDS)
+    base = ["export", str(digits_model["h5"]), "--name", "digits", "--repo", str(tmp_path / "models"), "--formats", "savedmodel,tflite",
+            "--samples", str(digits_model["samples"]), "--atol", "tflite=0", "--rtol", "tflite=0", "--json"]
+    refused = CliRunner().invoke(group, [*base, "--diagnose-dir", str(tmp_path / "refused")], catch_exceptions=False)
+    assert refused.exit_code == 3, refused.output
+    (message,) = json.loads(refused.stdout)["errors"]
+    assert "tflite: first diverges at layer" in message and f"reproduction in {tmp_path / 'refused' / 'tflite'}" in message
+    assert (tmp_path / "refused" / "tflite" / "truncated.tflite").exists()
+    assert not (tmp_path / "models" / "digits" / "1").exists()
+
+    kept = CliRunner().invoke(group, [*base, "--allow-mismatch", "--diagnose-dir", str(tmp_path / "kept")], catch_exceptions=False)
+    assert kept.exit_code == 0, kept.output
+    (entry,) = json.loads(kept.stdout)["data"]["diagnoses"]
+    assert entry["artifact"] == "tflite" and entry["reproduction"] == str(tmp_path / "kept" / "tflite")
+    version = tmp_path / "models" / "digits" / "1"
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["diagnoses"][0]["first_divergent"]["class_name"] and manifest["diagnoses"][0]["reproduction"] == entry["reproduction"]
+    assert not any(p.name == ".diagnose" for p in version.rglob("*"))
+
+
+def click_group(commands):
+    import click
+
+    return click.Group("tfship", commands={c.name: c for c in commands})

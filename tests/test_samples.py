@@ -25,7 +25,7 @@ def _text_classifier(dtype: str = "float32"):
 
     keras.utils.set_random_seed(2)
     tokens = keras.Input((12,), dtype=dtype, name="tokens")
-    x = keras.layers.Embedding(500, 8)(tokens)
+    x = keras.layers.Embedding(500, 8, name="embedding")(tokens)
     x = keras.layers.GlobalAveragePooling1D()(x)
     return keras.Model(tokens, keras.layers.Dense(3, activation="softmax", name="sentiment")(x))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from tfship import cli_client, cli_deploy, cli_diagnose, cli_export, cli_model_server, cli_serving, cli_signing
+from tfship import cli_client, cli_deploy, cli_diagnose, cli_export, cli_inspect, cli_model_server, cli_serving, cli_signing
 from tfship.command import State, configure_logging, quiet_tensorflow
 
 
@@ -29,7 +29,7 @@ def cli(verbose: int, quiet: bool, debug: bool) -> None:
     configure_logging(verbose, quiet)
 
 
-for _module in (cli_export, cli_signing, cli_serving, cli_client, cli_model_server, cli_deploy, cli_diagnose):
+for _module in (cli_export, cli_signing, cli_serving, cli_client, cli_model_server, cli_deploy, cli_diagnose, cli_inspect):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

@@ -31,6 +31,8 @@ def _render_export(console: Console, data: dict[str, Any]) -> None:
     for notice in data["notices"]:
         if " could not be produced: " not in notice:  # the failed formats were just listed
             console.print(f"notice: {notice}", markup=False, highlight=False, soft_wrap=True)
+    for entry in data.get("diagnoses", []):
+        console.print(f"diagnose: {entry['summary']}", markup=False, highlight=False, soft_wrap=True)
     console.print("signed: yes (model.sig)" if data["signed"] else "signed: no (pass --sign-key to sign)")
 
 
@@ -55,9 +57,14 @@ def _render_export(console: Console, data: dict[str, Any]) -> None:
 @click.option("--rtol", multiple=True, help="Relative tolerance: VALUE for every artifact, or FORMAT=VALUE (repeatable).")
 @click.option("--strict", is_flag=True, help="Fail when any requested format cannot be produced.")
 @click.option("--allow-mismatch", is_flag=True, help="Keep the version even when an artifact does not match the original.")
+@click.option("--diagnose", "diagnose_all", is_flag=True,
+              help="Find the first layer where each converted artifact diverges (always done for one that fails parity).")
+@click.option("--diagnose-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the diagnoses' minimal reproductions [default: ./tfship-diagnose/NAME-VERSION].")
 @command("export", _render_export)
 def export_cmd(source, name, repo, version, formats, tflite_quantize, calibration, samples, num_samples, architecture,
-               custom_objects, trust_code, signature, sign_key, sign_key_password, opset, atol, rtol, strict, allow_mismatch):
+               custom_objects, trust_code, signature, sign_key, sign_key_password, opset, atol, rtol, strict, allow_mismatch,
+               diagnose_all, diagnose_dir):
     """Export SOURCE (.keras, .h5, SavedModel directory, or weights with --architecture) as a new version."""
     from tfship.exporter import ExportOptions, export
 
@@ -67,6 +74,7 @@ def export_cmd(source, name, repo, version, formats, tflite_quantize, calibratio
         architecture=architecture, custom_objects=custom_objects, trust_code=trust_code, sign_key=sign_key,
         sign_key_password=sign_key_password, opset=opset, strict=strict, allow_mismatch=allow_mismatch,
         atol=parse_tolerances(atol, "--atol"), rtol=parse_tolerances(rtol, "--rtol"), signature=signature,
+        diagnose=diagnose_all, diagnose_dir=diagnose_dir,
     )
     with StageProgress() as progress:
         result = export(options, progress=progress)
