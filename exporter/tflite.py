@@ -11,6 +11,13 @@ Routes, in order (each one's file is still checked for parity by the pipeline):
    and Keras prints nothing on stdout.
 3. The caller (:mod:`pipeline`) may then retry routes 1-2 with the model loaded by the other Keras
    library (:func:`keras_model.load_with_other_library`).
+
+Whatever the route, the file then gets the SavedModel's serving signature as TF Serving reads it
+(:func:`with_serving_signature`): TF Serving's TfLiteSession (tensorflow/serving,
+tensorflow_serving/servables/tensorflow/tflite_session.cc) takes SignatureDefs only from the
+``signature_defs_metadata`` metadata entry, not from the converter's native signatures; without it, it
+makes up ``serving_default`` keyed by the TFLite tensor names (``serving_default_x``), which the
+version's warmup records and its clients, using the SavedModel's names (``x``), do not match.
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ import numpy as np
 from tfship.core.errors import ExportError, first_line
 
 log = logging.getLogger(__name__)
+
+# tensorflow/lite/tools/signature/signature_def_util.h kSignatureDefsMetadataName.
+SIGNATURE_DEFS_METADATA = "signature_defs_metadata"
+SERVING_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
 
 VARIANTS = ("float16", "dynamic", "int8")
 STATIC_BATCH_NOTICE = ("recurrent layers: TFLite model built with a static batch of 1 (feed one sample at a time and "
@@ -52,8 +64,160 @@ def convert(savedmodel_dir: Path, out: Path, variant: str = "float32",
                  converter_reason(message))
         data = _convert_static_batch(keras_model, configure, custom_objects or {}, kind)
         notices = [STATIC_BATCH_NOTICE]
+    try:
+        data = with_serving_signature(data, savedmodel_dir)
+    except Exception as exc:  # the file as converted still serves, with TF Serving's generated names
+        reason = first_line(exc, 300)
+        log.warning("TFLite: %s keeps no TF Serving SignatureDef (%s); with --prefer_tflite_model TF Serving names its "
+                    "inputs after the TFLite tensors (such as serving_default_x), not the SavedModel's", out.name, reason)
+        notices.append(f"{out.name}: no TF Serving SignatureDef stored ({reason}): with --prefer_tflite_model, requests "
+                       f"must name inputs after the TFLite tensors, and the warmup records will not match")
     out.write_bytes(data)
     return notices
+
+
+def with_serving_signature(model_bytes: bytes, savedmodel_dir: Path) -> bytes:
+    """``model_bytes`` with the SavedModel's serving SignatureDef stored where TF Serving reads it.
+
+    tflite_session.cc ``TfLiteSession::Create`` serves each SignatureDef of the ``signature_defs_metadata``
+    entry (signature_def_util.cc: a flexbuffer map of key -> serialized SignatureDef) under its key, its
+    TensorInfo names matched to the interpreter's tensors by ``FixTfLiteTensorName``. The entry written
+    here keeps the SavedModel's input and output keys; each TensorInfo names the TFLite tensor that the
+    file's own ``serving_default`` signature runner maps that key to, with the tensor's dtype and
+    ``shape_signature`` (-1 where the file leaves a dimension free). Raises if the two signatures differ.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    saved = _saved_serving_signature(savedmodel_dir)
+    interpreter = Interpreter(model_content=model_bytes)
+    signature_def = _mapped_signature(interpreter, saved)
+    stored = _store_signature_defs(model_bytes, {SERVING_SIGNATURE: signature_def})
+    # The repacked file must load in LiteRT with the same tensors and native signatures as before.
+    check = Interpreter(model_content=stored)
+    if (check.get_signature_list() != interpreter.get_signature_list()
+            or _tensor_names(check) != _tensor_names(interpreter)):
+        raise ExportError("the file with the SignatureDef stored loads with other tensors or signatures in LiteRT")
+    if _read_signature_defs(stored) != {SERVING_SIGNATURE: signature_def.SerializeToString()}:
+        raise ExportError("the stored SignatureDef does not read back as written")
+    return stored
+
+
+def _read_signature_defs(model_bytes: bytes) -> dict[str, bytes]:
+    """The ``signature_defs_metadata`` entry (key -> serialized SignatureDef) as TF Serving reads it, or {}.
+
+    signature_def_util.cc ReadSignatureDefMap copies ``AsString().c_str()``: a value that is not a
+    flexbuffer string reads as empty, and one is cut at its first NUL byte.
+    """
+    from flatbuffers import flexbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(model_bytes, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() != SIGNATURE_DEFS_METADATA.encode():
+            continue
+        buffer = model.Buffers(entry.Buffer())
+        data = bytes(buffer.DataAsNumpy()) if buffer.DataLength() else b""
+        table = flexbuffers.GetRoot(data).AsMap
+        return {key.AsKey: (value.AsStringBytes if value.IsString else b"").split(b"\0", 1)[0]
+                for key, value in zip(table.Keys, table.Values)}
+    return {}
+
+
+def _saved_serving_signature(directory: Path) -> Any:
+    """The ``serving_default`` SignatureDef of the SavedModel's ``serve`` MetaGraph (what the converter read)."""
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    binary = directory / "saved_model.pb"
+    if binary.exists():
+        saved_model.ParseFromString(binary.read_bytes())
+    else:
+        text_format.Parse((directory / "saved_model.pbtxt").read_text(), saved_model)
+    for meta_graph in saved_model.meta_graphs:
+        if "serve" in meta_graph.meta_info_def.tags and SERVING_SIGNATURE in meta_graph.signature_def:
+            return meta_graph.signature_def[SERVING_SIGNATURE]
+    raise ExportError(f"{directory}: the SavedModel has no '{SERVING_SIGNATURE}' signature under the 'serve' tag")
+
+
+def _mapped_signature(interpreter: Any, saved: Any) -> Any:
+    import tensorflow as tf
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    if SERVING_SIGNATURE not in interpreter.get_signature_list():
+        raise ExportError(f"the TFLite file has no '{SERVING_SIGNATURE}' signature of its own to map tensors with")
+    runner = interpreter.get_signature_runner(SERVING_SIGNATURE)
+    # TF Serving matches names against the primary subgraph's inputs and outputs (GetTensorInfoMap).
+    primary_inputs, primary_outputs = _tensor_names(interpreter)
+    signature_def = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
+    for kind, details, primary, wanted, infos in (
+            ("input", runner.get_input_details(), primary_inputs, saved.inputs, signature_def.inputs),
+            ("output", runner.get_output_details(), primary_outputs, saved.outputs, signature_def.outputs)):
+        if set(details) != set(wanted):
+            raise ExportError(f"the TFLite signature's {kind}s {sorted(details)} are not the SavedModel's {sorted(wanted)}")
+        for key in sorted(details):
+            detail = details[key]
+            name = detail["name"]
+            if primary.count(name) != 1:
+                # TF Serving refuses a repeated name itself (GetTensorInfoMap: "has multiple indices").
+                where = "is not" if name not in primary else f"is {primary.count(name)} times"
+                raise ExportError(f"{kind} '{key}' maps to tensor '{name}', which {where} among the main subgraph's {kind}s")
+            dtype = np.dtype(detail["dtype"])
+            info = infos[key]
+            info.name = name
+            info.dtype = (tf.string if dtype.kind in "OSU" else tf.as_dtype(dtype)).as_datatype_enum
+            for size in detail.get("shape_signature", detail["shape"]):
+                info.tensor_shape.dim.add(size=int(size))
+    return signature_def
+
+
+def _tensor_names(interpreter: Any) -> tuple[list[str], list[str]]:
+    return [d["name"] for d in interpreter.get_input_details()], [d["name"] for d in interpreter.get_output_details()]
+
+
+def _store_signature_defs(model_bytes: bytes, signature_defs: dict[str, Any]) -> bytes:
+    """What signature_def_util.cc SetSignatureDefMap writes: the model with a ``signature_defs_metadata``
+    entry whose buffer is a flexbuffer map of key -> serialized SignatureDef (a flexbuffer string),
+    replacing the buffer of an entry already there."""
+    from flatbuffers import flexbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    root = schema.Model.GetRootAs(model_bytes, 0)
+    if any(root.Buffers(i).Offset() > 1 for i in range(root.BuffersLength())):
+        # Weights kept after the flatbuffer (a model over 2 GB): repacking them inline would exceed its limit.
+        raise ExportError("the file keeps its weights outside the flatbuffer (a model over 2 GB)")
+    builder = flexbuffers.Builder()
+    with builder.Map():
+        for key, signature_def in sorted(signature_defs.items()):
+            serialized = signature_def.SerializeToString()
+            if b"\0" in serialized:
+                # ReadSignatureDefMap reads the value with c_str(): TF Serving would get it cut short.
+                raise ExportError(f"SignatureDef '{key}' serializes with a NUL byte (an empty shape or a dimension of 0)")
+            builder.Key(key)
+            # SetSignatureDefMap stores the bytes with fbb.String; flexbuffers' Python Builder.String takes
+            # text only, and _WriteBlob is what it calls with the encoded text (the read-back checks it).
+            builder._WriteBlob(serialized, append_zero=True, type_=flexbuffers.Type.STRING)
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(bytes(builder.Finish()), dtype=np.uint8)
+    metadata = list(model.metadata or [])
+    existing = next((m for m in metadata if _text(m.name) == SIGNATURE_DEFS_METADATA), None)
+    if existing is not None:
+        model.buffers[existing.buffer] = buffer
+    else:
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name = SIGNATURE_DEFS_METADATA
+        entry.buffer = len(model.buffers) - 1
+        metadata.append(entry)
+    model.metadata = metadata
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
 def converter_reason(error: BaseException | str) -> str:
