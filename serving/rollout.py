@@ -70,8 +70,9 @@ class RolloutResult:
 
 
 def golden_tolerance(version_dir: Path) -> Any:
-    """The tolerance the export proved the SavedModel against (manifest.json), else 1e-5: what --require_golden uses."""
-    from tfship.core.tolerance import Tolerance
+    """The tolerance the export proved the SavedModel against (manifest.json), else the float32 default
+    (tfship.core.tolerance.FLOAT32, the same fallback as ``tfship validate``): what --require_golden uses."""
+    from tfship.core.tolerance import FLOAT32, Tolerance
 
     try:
         manifest = json.loads((Path(version_dir) / "manifest.json").read_text(encoding="utf-8"))
@@ -81,7 +82,7 @@ def golden_tolerance(version_dir: Path) -> Any:
                 return Tolerance(atol=float(t["atol"]), rtol=float(t["rtol"]), min_top1=t.get("min_top1"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
-    return Tolerance(atol=1e-5, rtol=1e-5)
+    return FLOAT32
 
 
 def _versions_on_disk(repo: Path, model: str) -> list[int]:

@@ -11,6 +11,7 @@ import click
 from tfship import render
 from tfship.command import command
 from tfship.core.errors import UsageError
+from tfship.core.tolerance import FLOAT32
 
 if TYPE_CHECKING:
     from tfship.client.grpc_client import ServingClient
@@ -29,6 +30,22 @@ def _client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _tolerance_options(where: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--rtol and --atol, defaulting to what the export proved (the manifest.json beside ``where``), else FLOAT32."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for name, value, what in (("--rtol", FLOAT32.rtol, "Relative"), ("--atol", FLOAT32.atol, "Absolute")):
+            fn = click.option(name, type=float, default=None, show_default=f"the manifest.json beside {where}, else {value:g}",
+                              help=f"{what} tolerance: an element fails only beyond both atol and rtol*|expected|.")(fn)
+        return fn
+
+    return decorate
+
+
+def _tolerance_line(data: dict[str, Any]) -> str:
+    return f"tolerance: {data['tolerance']['description']}"
 
 
 def _client(target: str, timeout: float, root_certificates: Path | None, private_key: Path | None,
@@ -62,6 +79,8 @@ def _render_validate(console: Any, data: dict[str, Any]) -> None:
     verdict = "PASS" if data["passed"] else "FAIL"
     console.print(f"{verdict}: {data['model']} at {data['target']} ({data['requested']}; served version(s) "
                   f"{', '.join(map(str, data['served_versions'])) or '-'}), {data['samples']} samples")
+    if data.get("tolerance"):
+        console.print(_tolerance_line(data))
     for problem in data["signature_problems"]:
         console.print(f"signature: {problem}")
     rows = [[o["name"], "pass" if o["passed"] else "FAIL", render.fmt_float(o["max_abs"]), render.fmt_float(o["p99_abs"]),
@@ -87,8 +106,7 @@ def _render_validate(console: Any, data: dict[str, Any]) -> None:
 @click.option("--original", type=click.Path(path_type=Path), help="Original model file; predictions computed locally (needs TensorFlow).")
 @click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), help="Inputs (.npz) to use with --original (not with --golden, which carries its own).")
 @click.option("--architecture", help="With a weights-only --original: arch.json or module:build_fn.")
-@click.option("--rtol", type=float, default=1e-5, show_default=True)
-@click.option("--atol", type=float, default=1e-5, show_default=True)
+@_tolerance_options("--golden")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Samples per request.")
 @click.option("--concurrency", type=click.IntRange(1), default=4, show_default=True, help="Requests in flight.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Folder for report.html and report.json.")
@@ -103,9 +121,8 @@ def validate_cmd(target, model, timeout, root_certificates, private_key, certifi
     from tfship.client.golden import load_golden
     from tfship.client.junit import write_junit
     from tfship.client.report import write_validation_report
-    from tfship.client.validate import raise_for, validate
+    from tfship.client.validate import choose_tolerance, raise_for, validate
     from tfship.core.errors import EXIT_MISMATCH, PredictionMismatch
-    from tfship.core.tolerance import Tolerance
 
     if version is not None and label:
         raise UsageError("give --version or --label, not both")
@@ -134,8 +151,9 @@ def validate_cmd(target, model, timeout, root_certificates, private_key, certifi
     version_dir = None
     if golden:
         version_dir = Path(golden) if Path(golden).is_dir() else Path(golden).parent
+    tolerance = choose_tolerance(atol, rtol, golden)
     with _client(target, timeout, root_certificates, private_key, certificate_chain, server_name) as client:
-        report = validate(client, model, inputs, expected, signature, Tolerance(atol=atol, rtol=rtol), version=version,
+        report = validate(client, model, inputs, expected, signature, tolerance, version=version,
                           label=label, batch_size=batch_size, concurrency=concurrency)
     data = report.to_dict()
     if report_dir:
@@ -153,6 +171,7 @@ def validate_cmd(target, model, timeout, root_certificates, private_key, certifi
 
 def _render_compare(console: Any, data: dict[str, Any]) -> None:
     console.print(f"{data['model']}: A = {data['a']} (version {data['a_version']}), B = {data['b']} (version {data['b_version']}), {data['samples']} samples")
+    console.print(_tolerance_line(data))
     rows = [[o["name"], "agree" if o["passed"] else "DIFFER", render.fmt_float(o["max_abs"]), render.fmt_float(o["max_rel"]),
              "-" if o["top1_agreement"] is None else f"{o['top1_agreement']:.4f}"] for o in data["outputs"]]
     console.print(render.table("B against A", ["output", "result", "max abs", "max rel", "top-1 agreement"], rows))
@@ -165,27 +184,26 @@ def _render_compare(console: Any, data: dict[str, Any]) -> None:
 @click.option("--a", "a", required=True, help="Version number or label (the reference, e.g. stable).")
 @click.option("--b", "b", required=True, help="Version number or label (the candidate, e.g. canary).")
 @click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), required=True, help="Inputs (.npz, or a golden.npz).")
-@click.option("--rtol", type=float, default=1e-5, show_default=True)
-@click.option("--atol", type=float, default=1e-5, show_default=True)
+@_tolerance_options("--inputs")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @command("compare", _render_compare)
 def compare_cmd(target, model, timeout, root_certificates, private_key, certificate_chain, server_name, a, b, inputs_path, rtol, atol, batch_size):
     """Send the same inputs to two versions or labels of MODEL and compare their answers (canary against stable)."""
     from tfship.client.compare import compare_outputs
     from tfship.client.latency import LatencyStats
-    from tfship.client.validate import predict_all
+    from tfship.client.validate import choose_tolerance, predict_all
     from tfship.core.samples import load_inputs
-    from tfship.core.tolerance import Tolerance
 
     inputs = load_inputs(inputs_path)
+    tolerance = choose_tolerance(atol, rtol, inputs_path)
     a_version, a_label = _version_or_label(a)
     b_version, b_label = _version_or_label(b)
     with _client(target, timeout, root_certificates, private_key, certificate_chain, server_name) as client:
         a_out, a_lat, a_served = predict_all(client, model, inputs, version=a_version, label=a_label, batch_size=batch_size)
         b_out, b_lat, b_served = predict_all(client, model, inputs, version=b_version, label=b_label, batch_size=batch_size)
-    comparison = compare_outputs(a_out, b_out, Tolerance(atol=atol, rtol=rtol))
+    comparison = compare_outputs(a_out, b_out, tolerance.tolerance)
     return {"model": model, "a": a, "b": b, "a_version": sorted(a_served)[0], "b_version": sorted(b_served)[0],
-            "samples": len(next(iter(inputs.values()))), "agree": comparison.passed,
+            "samples": len(next(iter(inputs.values()))), "agree": comparison.passed, "tolerance": tolerance.to_dict(),
             "outputs": [o.to_dict() for o in comparison.outputs],
             "a_latency": LatencyStats.of(a_lat).to_dict(), "b_latency": LatencyStats.of(b_lat).to_dict()}
 
@@ -236,6 +254,7 @@ def bench_cmd(target, model, timeout, root_certificates, private_key, certificat
 def _render_probe(console: Any, data: dict[str, Any]) -> None:
     console.print(f"{data['model']} at {data['target']}: {data['rounds']} rounds, {data['ok']} ok, {data['mismatches']} mismatched, "
                   f"{data['errors']} failed; versions seen {', '.join(map(str, data['versions_seen'])) or '-'}")
+    console.print(_tolerance_line(data))
     if data["last_problem"]:
         console.print(f"last problem: {data['last_problem']}")
 
@@ -251,8 +270,7 @@ def _render_probe(console: Any, data: dict[str, Any]) -> None:
 @click.option("--label", help="Probe the version behind this label.")
 @click.option("--max-samples", type=click.IntRange(1, 100_000), default=64, show_default=True, help="Golden samples per round (successive rounds take the next ones).")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Samples per request.")
-@click.option("--rtol", type=float, default=1e-5, show_default=True)
-@click.option("--atol", type=float, default=1e-5, show_default=True)
+@_tolerance_options("--golden")
 @command("probe", _render_probe)
 def probe_cmd(target, model, timeout, root_certificates, private_key, certificate_chain, server_name, golden, every,
               metrics_port, metrics_host, rounds, version, label, max_samples, batch_size, rtol, atol):
@@ -269,13 +287,14 @@ def probe_cmd(target, model, timeout, root_certificates, private_key, certificat
 
     from tfship.client.golden import load_golden
     from tfship.client.probe import ProbeMetrics, Prober, parse_duration, run_probe
+    from tfship.client.validate import choose_tolerance
     from tfship.core.errors import EXIT_MISMATCH, EXIT_UNAVAILABLE
-    from tfship.core.tolerance import Tolerance
 
     if version is not None and label:
         raise UsageError("give --version or --label, not both")
     seconds = parse_duration(every)
     golden_set = load_golden(golden)
+    tolerance = choose_tolerance(atol, rtol, golden)
     metrics = ProbeMetrics()
     stop = threading.Event()
     previous: dict[signal.Signals, Any] = {}
@@ -287,6 +306,7 @@ def probe_cmd(target, model, timeout, root_certificates, private_key, certificat
         if metrics_port is not None:
             server, _thread = start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry)
             click.echo(f"tfship probe: metrics on http://{metrics_host}:{server.server_port}/metrics", err=True)
+        click.echo(f"tfship probe: tolerance {tolerance.describe()}", err=True)
 
         def on_round(number: int, results: Any, problem: str) -> None:
             verdict = "error" if results is None else ("ok" if not problem else "MISMATCH")
@@ -294,7 +314,7 @@ def probe_cmd(target, model, timeout, root_certificates, private_key, certificat
             click.echo(f"tfship probe: round {number}: {verdict} (version {versions}){': ' + problem if problem else ''}", err=True)
 
         with _client(target, timeout, root_certificates, private_key, certificate_chain, server_name) as client:
-            prober = Prober(client, model, golden_set, Tolerance(atol=atol, rtol=rtol), metrics, version=version, label=label,
+            prober = Prober(client, model, golden_set, tolerance.tolerance, metrics, version=version, label=label,
                             max_samples=max_samples, batch_size=batch_size)
             summary = run_probe(prober, every=seconds, rounds=rounds, stop=stop, on_round=on_round)
     finally:
@@ -303,7 +323,7 @@ def probe_cmd(target, model, timeout, root_certificates, private_key, certificat
             server.server_close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    data = {"model": model, "target": target, **summary.to_dict()}
+    data = {"model": model, "target": target, **summary.to_dict(), "tolerance": tolerance.to_dict()}
     if stop.is_set() or rounds is None:
         return data
     if summary.errors:
