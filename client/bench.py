@@ -106,7 +106,7 @@ def bench(client: ServingClient, model: str, *, concurrency: list[int], batch_si
           rate: float | None = None, version: int | None = None, label: str | None = None,
           inputs: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """One run per batch size and concurrency level (closed loop), plus an open-loop run per batch size at ``rate``."""
-    runs = []
+    runs: list[dict[str, Any]] = []
     for batch_size in batch_sizes:
         batch = make_inputs(client, model, batch_size, version=version, label=label, inputs=inputs)
 
@@ -114,8 +114,12 @@ def bench(client: ServingClient, model: str, *, concurrency: list[int], batch_si
             client.predict(batch, model, version=version, label=label)
 
         call()  # first request outside the measurement (connection set-up)
+        payload = sum(int(np.asarray(v).nbytes) for v in batch.values())
+        measured: list[dict[str, Any]] = []
         if rate:
-            runs.append({"mode": f"open@{rate:g}/s", "concurrency": 0, "batch_size": batch_size, **open_loop(call, rate, duration)})
+            measured.append({"mode": f"open@{rate:g}/s", "concurrency": 0, "batch_size": batch_size, **open_loop(call, rate, duration)})
         for level in concurrency:
-            runs.append({"mode": "closed", "concurrency": level, "batch_size": batch_size, **closed_loop(call, level, duration)})
+            measured.append({"mode": "closed", "concurrency": level, "batch_size": batch_size, **closed_loop(call, level, duration)})
+        # The tensor bytes sent per second: bench/serving.py's figure for large requests.
+        runs.extend({**run, "payload_bytes": payload, "payload_bytes_per_s": payload * run["throughput_rps"]} for run in measured)
     return {"target": client.target, "model": model, "duration": duration, "runs": runs}
