@@ -46,7 +46,8 @@ def _suite(report: ValidationReport, timestamp: str) -> ET.Element:
                        timestamp=timestamp, hostname=socket.gethostname(), time=f"{report.seconds:.3f}")
     properties = ET.SubElement(suite, "properties")
     for name, value in (("target", report.target), ("model", report.model), ("requested", report.requested),
-                        ("served_versions", _versions(report)), ("samples", str(report.samples))):
+                        ("served_versions", _versions(report)), ("samples", str(report.samples)),
+                        ("tolerance", report.tolerance.describe() if report.tolerance else "")):
         ET.SubElement(properties, "property", name=name, value=value)
     cases = []
     signature = ET.Element("testcase", name="signature", classname=classname, time="0")

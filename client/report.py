@@ -220,6 +220,8 @@ def write_validation_report(directory: Path, report: ValidationReport, *, versio
              f"<p>target {_e(report.target)}, {_e(report.requested)}, served version(s) "
              f"{', '.join(map(str, report.served_versions)) or '-'}, {report.samples} samples, "
              f"{report.throughput:.1f} samples/s</p>", _provenance(version_dir, directory)]
+    if report.tolerance is not None:
+        parts.append(f'<p id="tolerance">tolerance: {_e(report.tolerance.describe())}</p>')
     if report.signature_problems:
         parts.append(f"<h2>Signature {_verdict(False)}</h2><ul>" + "".join(f"<li>{_e(p)}</li>" for p in report.signature_problems)
                      + "</ul><p>No predictions were compared: the served signature differs from the manifest.</p>")

@@ -26,7 +26,7 @@ import numpy as np
 
 from tfship.client.compare import compare_output
 from tfship.core.errors import ExportError, TfshipError, UsageError, describe_exception
-from tfship.core.tolerance import Tolerance
+from tfship.core.tolerance import FLOAT32, Tolerance
 from tfship.exporter import manifest as mf
 
 log = logging.getLogger(__name__)
@@ -334,7 +334,7 @@ def diagnose_version(version: Path, *, source: Path | None = None, artifacts: tu
     destination = Path(out) if out else Path("tfship-diagnose") / f"{manifest.name}-{manifest.version}"
     results = []
     for parity in chosen:
-        tolerance = Tolerance(atol=float(parity.tolerance.get("atol", 1e-5)), rtol=float(parity.tolerance.get("rtol", 1e-5)),
+        tolerance = Tolerance(atol=float(parity.tolerance.get("atol", FLOAT32.atol)), rtol=float(parity.tolerance.get("rtol", FLOAT32.rtol)),
                               min_top1=parity.tolerance.get("min_top1"))
         route = route_for(parity.label, opset=opset, calibration=inputs)
         results.append(diagnose(loaded.keras_model, route, inputs, tolerance, destination))
@@ -363,7 +363,7 @@ def diagnose_export(keras_model: Any, parity: list[mf.ArtifactParity] | tuple[mf
     for entry in chosen:
         if progress is not None:
             progress(f"diagnosing {entry.label}: bisecting the layers for the first that diverges")
-        tolerance = Tolerance(atol=float(entry.tolerance.get("atol", 1e-5)), rtol=float(entry.tolerance.get("rtol", 1e-5)),
+        tolerance = Tolerance(atol=float(entry.tolerance.get("atol", FLOAT32.atol)), rtol=float(entry.tolerance.get("rtol", FLOAT32.rtol)),
                               min_top1=entry.tolerance.get("min_top1"))
         route = route_for(entry.label, opset=opset, calibration=calibration or inputs)
         found = diagnose(keras_model, route, inputs, tolerance, Path(staging) / STAGING_DIR,

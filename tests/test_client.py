@@ -245,7 +245,12 @@ def test_bench_closed_and_open_loop(engine_repo, tmp_path):
     runs = json.loads(result.stdout)["data"]["runs"]
     assert {(r["mode"], r["concurrency"], r["batch_size"]) for r in runs} >= {("closed", 1, 1), ("closed", 4, 4), ("open@50/s", 0, 1)}
     assert all(r["requests"] > 0 and r["errors"] == 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in runs)
+    # The tensor bytes per request (one 8x8x1 float32 digit a sample) and per second, as bench/serving.py reports them.
+    assert all(r["payload_bytes"] == 8 * 8 * 4 * r["batch_size"] for r in runs)
+    assert all(r["payload_bytes_per_s"] == pytest.approx(r["payload_bytes"] * r["throughput_rps"]) for r in runs)
     assert "<svg" in (tmp_path / "b" / "bench.html").read_text()
+    table = run_cli("bench", "--target", engine_repo["target"], "--model", "digits", "--concurrency", "1", "--duration", "0.3")
+    assert table.exit_code == 0 and "digits at" in table.stdout, table.stderr
 
 
 def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -74,7 +74,11 @@ def test_an_answer_within_the_exports_tolerance_passes_by_default_and_fails_with
                                  "manifest": str(manifest),
                                  "description": f"atol=0.0001 rtol=0.0001 from {manifest} (the float32 SavedModel's parity)"}
     assert json.loads((tmp_path / "report" / "report.json").read_text())["tolerance"]["source"] == "manifest"
-    assert "atol=0.0001 rtol=0.0001" in (tmp_path / "report" / "report.html").read_text()
+    import html
+
+    assert f"tolerance: atol=0.0001 rtol=0.0001 from {manifest}" in html.unescape((tmp_path / "report" / "report.html").read_text())
+    suite = ET.parse(tmp_path / "pass.xml").getroot().find("testsuite")
+    assert suite.find("properties/property[@name='tolerance']").get("value").endswith(f"from {manifest} (the float32 SavedModel's parity)")
     case = ET.parse(tmp_path / "pass.xml").getroot().find("testsuite/testcase[@name='output probabilities']")
     assert "within atol=0.0001 rtol=0.0001" in case.find("system-out").text
 

@@ -290,13 +290,19 @@ def test_mismatch_exits_3_and_writes_nothing(digits_model, tmp_path):
     repo = tmp_path / "models"
     # A tolerance no float16 conversion can meet.
     result = run_cli("export", digits_model["keras"], "--name", "d", "--repo", repo, "--formats", "savedmodel,tflite",
-                     "--tflite-quantize", "float16", "--atol", "tflite:float16=1e-9", "--rtol", "tflite:float16=1e-9")
+                     "--tflite-quantize", "float16", "--atol", "tflite:float16=1e-9", "--rtol", "tflite:float16=1e-9",
+                     "--diagnose-dir", tmp_path / "diagnosed")
     assert result.exit_code == 3
     assert "tflite:float16 does not predict what the original predicts" in result.stderr
     assert not any(p.name.isdigit() for p in (repo / "d").iterdir())
     kept = run_cli("export", digits_model["keras"], "--name", "d", "--repo", repo, "--formats", "savedmodel,tflite",
-                   "--tflite-quantize", "float16", "--atol", "tflite:float16=1e-9", "--rtol", "tflite:float16=1e-9", "--allow-mismatch")
+                   "--tflite-quantize", "float16", "--atol", "tflite:float16=1e-9", "--rtol", "tflite:float16=1e-9", "--allow-mismatch",
+                   "--diagnose-dir", tmp_path / "diagnosed")
     assert kept.exit_code == 0 and (repo / "d" / "1" / "manifest.json").exists()
+    # The mismatch was bisected on the way: the diagnosis is in the manifest, its reproduction out of the version.
+    (diagnosis,) = json.loads((repo / "d" / "1" / "manifest.json").read_text())["diagnoses"]
+    assert diagnosis["artifact"] == "tflite:float16" and Path(diagnosis["reproduction"]).parent == tmp_path / "diagnosed"
+    assert Path(diagnosis["reproduction"]).is_dir()
 
 
 def test_keras2_keras_zip(tmp_path):

@@ -210,9 +210,11 @@ def compare_cmd(target, model, timeout, root_certificates, private_key, certific
 
 def _render_bench(console: Any, data: dict[str, Any]) -> None:
     rows = [[r["mode"], r["concurrency"] or "-", r["batch_size"], r["requests"], r["errors"], f"{r['throughput_rps']:.1f}",
-             f"{r['throughput_rps'] * r['batch_size']:.1f}", f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}"] for r in data["runs"]]
+             f"{r['throughput_rps'] * r['batch_size']:.1f}", f"{r.get('payload_bytes_per_s', 0) / 1e6:.2f}",
+             f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}"] for r in data["runs"]]
     console.print(render.table(f"{data['model']} at {data['target']}", ["mode", "concurrency", "batch", "requests", "errors",
-                                                                       "req/s", "samples/s", "p50 ms", "p90 ms", "p99 ms"], rows))
+                                                                       "req/s", "samples/s", "tensor MB/s", "p50 ms", "p90 ms",
+                                                                       "p99 ms"], rows))
     if data.get("report"):
         console.print(f"report: {data['report']['html']}")
 

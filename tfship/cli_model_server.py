@@ -148,3 +148,7 @@ def main() -> None:
     quiet_tensorflow()
     configure_logging(0, False)
     model_server.main(prog_name="tfship-model-server")
+
+
+if __name__ == "__main__":
+    main()

@@ -191,7 +191,7 @@ def _golden_tolerance(path: Path, tflite: bool) -> Any:
     """The tolerance the export proved this artifact against (manifest.json's parity entry), else 1e-5."""
     import json
 
-    from tfship.core.tolerance import Tolerance
+    from tfship.core.tolerance import FLOAT32, Tolerance
 
     wanted = "tflite" if tflite else "savedmodel"
     try:
@@ -202,7 +202,7 @@ def _golden_tolerance(path: Path, tflite: bool) -> Any:
                 return Tolerance(atol=float(t["atol"]), rtol=float(t["rtol"]), min_top1=t.get("min_top1"))
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    return Tolerance(atol=1e-5, rtol=1e-5)
+    return FLOAT32
 
 
 def check_golden(servable: Servable) -> None:
