@@ -80,6 +80,9 @@ class ServerFlags:
     tfship_public_key: Path | None = None
     tfship_host: str = LISTEN_HOST
     tfship_drain_seconds: float = 30.0
+    # REST limits (TF Serving's HTTP server has none of its own): raise them to take larger JSON bodies.
+    tfship_rest_max_body_bytes: int = 64 << 20
+    tfship_rest_max_json_values: int = 1 << 22
     require_golden: bool = False
     ignored: tuple[str, ...] = field(default=())  # flags given that have no meaning here
 
@@ -169,6 +172,7 @@ def build_engine(flags: ServerFlags) -> LocalEngine:
     from tfship.serving import config as cfg
     from tfship.serving import gate
     from tfship.serving.local_engine import LocalEngine, TlsOptions
+    from tfship.serving.local_engine.bounded_json import JsonLimits
     from tfship.serving.local_engine.models import LoadOptions, configs_from_proto
     from tfship.serving.local_engine.rest import RestLimits
     from tfship.serving.local_engine.server import GrpcOptions, parse_channel_arguments
@@ -200,6 +204,9 @@ def build_engine(flags: ServerFlags) -> LocalEngine:
         require_golden=flags.require_golden)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     rest_limits = RestLimits(parse_threads=flags.rest_api_num_threads or 4 * cpus, metrics_path=metrics_path(flags.monitoring_config_file),
+                             max_body_bytes=flags.tfship_rest_max_body_bytes,
+                             max_inflight_body_bytes=max(RestLimits.max_inflight_body_bytes, 4 * flags.tfship_rest_max_body_bytes),
+                             json=JsonLimits(max_values=flags.tfship_rest_max_json_values),
                              request_timeout=flags.rest_api_timeout_in_ms / 1000 if flags.rest_api_timeout_in_ms > 0 else None)
     grpc_options = GrpcOptions(socket_path=flags.grpc_socket_path,
                                channel_arguments=parse_channel_arguments(flags.grpc_channel_arguments),

@@ -557,3 +557,48 @@ def test_an_unsigned_version_copied_in_is_served_by_the_container_only_after_sig
     assert down.exit_code == 0, down.stderr
     assert _left_behind(docker_client, repo) == []
     assert not (repo / ".tfship-run" / "engine.json").exists()
+
+
+def test_rollout_on_the_container_promotes_a_matching_canary_and_rolls_back_one_that_disagrees(images, signed_repo, keys, tmp_path,
+                                                                                              docker_client, served):
+    """tfship rollout drives the engine serve up started, here tfship's image in a container (as on the local engine)."""
+    from tfship.core.signing import sign
+
+    repo = copy_repo(signed_repo["repo"], tmp_path / "models")
+    # Version 3 computes what 2 computes, but its golden set says otherwise (re-signed by the key's holder).
+    shutil.copytree(repo / "digits" / "2", repo / "digits" / "3")
+    golden = repo / "digits" / "3" / "golden.npz"
+    arrays = dict(np.load(golden))
+    arrays["outputs/probabilities"] = arrays["outputs/probabilities"][::-1].copy()
+    np.savez(golden, **arrays)
+    for name in ("model.sig", "attestation.intoto.jsonl"):
+        (repo / "digits" / "3" / name).unlink(missing_ok=True)
+    sign(repo / "digits" / "3", key=keys["private"])
+    served(_readable(repo))
+    up = _serve_up(repo, free_port(), free_port(), "--public-key", keys["public"], "--versions", "specific:1", "--label", "stable=1")
+    assert up.exit_code == 0, up.stderr
+    try:
+        def rollout(version: int) -> tuple[int, dict[str, Any], str]:
+            result = run_cli("rollout", "--repo", repo, "--model", "digits", "--version", version, "--public-key", keys["public"],
+                             "--report-dir", tmp_path / "reports", "--latency-requests", 30, "--latency-factor", 50, "--json")
+            return result.exit_code, json.loads(result.stdout)["data"], result.stderr
+
+        code, data, stderr = rollout(3)
+        assert code == 3, stderr
+        assert data["decision"] == "rolled_back" and data["evidence"]["canary"]["parity"]["passed"] is False
+        assert [v for v, s in _served_states(repo).items() if s == "AVAILABLE"] == [1]
+
+        code, data, stderr = rollout(2)
+        assert code == 0, stderr
+        assert data["decision"] == "promoted" and data["stable"] == 2
+        assert [v for v, s in _served_states(repo).items() if s == "AVAILABLE"] == [2]
+        state = json.loads((repo / ".tfship-run" / "engine.json").read_text())
+        assert state["engine"] == "docker"
+        validate = run_cli("validate", "--target", f"127.0.0.1:{state['grpc_port']}", "--model", "digits", "--label", "stable",
+                           "--golden", repo / "digits" / "2" / "golden.npz", "--json")
+        assert validate.exit_code == 0, validate.stderr
+        assert json.loads(validate.stdout)["data"]["served_versions"] == [2]
+    finally:
+        down = run_cli("serve", "down", "--repo", repo)
+    assert down.exit_code == 0, down.stderr
+    assert _left_behind(docker_client, repo) == []

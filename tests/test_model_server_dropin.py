@@ -377,3 +377,33 @@ def test_sigterm_drains_in_flight_requests_before_the_process_exits(models, tmp_
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+def test_rest_limits_are_flags_and_their_refusals_name_them(models, tmp_path):
+    """TF Serving's HTTP server sets no body or JSON limit of its own; tfship's are flags a refusal names."""
+
+    def predict(port: int, rows: int) -> tuple[int, dict]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/half:predict",
+                                         data=json.dumps({"instances": [[1.0]] * rows}).encode(), method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    engine, _ = _engine(tmp_path, {"half": models / "half"}, tfship_rest_max_json_values=500, tfship_rest_max_body_bytes=4096)
+    try:
+        code, answer = predict(engine.rest_port, 100)  # about 200 values, 700 bytes: served
+        assert code == 200 and answer["predictions"][0] == pytest.approx([2.5])
+        code, answer = predict(engine.rest_port, 300)  # about 600 values
+        assert code == 400 and "the limit is 500 (the server's --tfship_rest_max_json_values" in answer["error"]
+        code, answer = predict(engine.rest_port, 700)  # about 5 KB
+        assert code == 413 and "larger than the limit of 4096 bytes (the server's --tfship_rest_max_body_bytes)" in answer["error"]
+    finally:
+        engine.stop(grace=1)
+    raised, _ = _engine(tmp_path, {"half": models / "half"}, tfship_rest_max_json_values=5000, tfship_rest_max_body_bytes=1 << 20)
+    try:
+        code, answer = predict(raised.rest_port, 700)
+        assert code == 200 and len(answer["predictions"]) == 700
+    finally:
+        raised.stop(grace=1)

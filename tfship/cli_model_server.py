@@ -124,6 +124,11 @@ def _with_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
                    "server, matches the original outputs within the manifest's tolerance; otherwise it ends with the mismatch.")
 @click.option("--tfship_drain_seconds", type=click.FloatRange(0), default=30.0, show_default=True,
               help="tfship's own: on SIGTERM, seconds in-flight requests get to finish (health says NOT_SERVING meanwhile).")
+@click.option("--tfship_rest_max_body_bytes", type=click.IntRange(1024), default=64 << 20, show_default=True,
+              help="tfship's own: the largest REST request body (larger: 413). TF Serving sets no limit; raise it for large JSON.")
+@click.option("--tfship_rest_max_json_values", type=click.IntRange(1), default=1 << 22, show_default=True,
+              help="tfship's own: the most values a REST JSON body may hold (each costs up to ~70 bytes parsed; more: 400). "
+                   "A batch of 32 224x224x3 images holds 4.8M: raise it, or send large tensors over gRPC.")
 @command("model-server")
 def model_server(**values: Any) -> dict[str, Any]:
     """TF Serving's tensorflow_model_server, flag for flag, on tfship's local engine."""

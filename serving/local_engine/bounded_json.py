@@ -64,7 +64,7 @@ def loads(body: bytes, limits: JsonLimits) -> Any:
         raise invalid(f"JSON Parse error: the document nests {depth} levels deep; the limit is {limits.max_depth}")
     if values > limits.max_values:
         raise invalid(f"JSON Parse error: the document holds about {values} values; the limit is {limits.max_values} "
-                      f"(send large tensors over gRPC)")
+                      f"(the server's --tfship_rest_max_json_values; or send large tensors over gRPC)")
     try:
         return json.loads(body)
     except RecursionError:  # only if the scan and the parser disagree on a malformed document

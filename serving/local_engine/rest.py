@@ -358,7 +358,8 @@ class RestServer:
         """The body, within the size limit whatever the headers say; ``held[0]`` counts what the budget lent."""
         limit = self.limits.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise HttpError(413, f"request body of {request.content_length} bytes is larger than the limit of {limit} bytes")
+            raise HttpError(413, f"request body of {request.content_length} bytes is larger than the limit of {limit} bytes "
+                                 f"(the server's --tfship_rest_max_body_bytes)")
         if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
             # curl asks before sending a body over 1 KiB and waits a second for this answer.
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -368,7 +369,7 @@ class RestServer:
         async def receive() -> None:
             async for chunk in request.content.iter_any():
                 if len(body) + len(chunk) > limit:
-                    raise HttpError(413, f"request body is larger than the limit of {limit} bytes")
+                    raise HttpError(413, f"request body is larger than the limit of {limit} bytes (the server's --tfship_rest_max_body_bytes)")
                 if not self._budget.take(len(chunk)):
                     raise HttpError(503, "the server holds too many request bodies at once; retry shortly")
                 held[0] += len(chunk)
