@@ -509,7 +509,8 @@ def test_removing_the_new_version_rolls_back_to_the_old_one(signed_repo, tmp_pat
     finally:
         engine.stop(grace=1)
     assert load.failures == []
-    assert 2 in load.versions and set(load.versions[count:]) == {1}
+    # One request may have been under way on version 2 when version 1 came back (one load thread): every later one is 1's.
+    assert 2 in load.versions and set(load.versions[count + 1:]) == {1}
 
 
 @pytest.mark.slow

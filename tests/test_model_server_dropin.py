@@ -327,6 +327,9 @@ def test_require_golden_keeps_a_version_that_disagrees_with_its_golden_set_out_o
     arrays = dict(np.load(golden))
     arrays["outputs/probabilities"] = arrays["outputs/probabilities"][::-1].copy()  # the samples' answers, shuffled
     np.savez(golden, **arrays)
+    # Re-signed by the key's holder without the export's attestation (which names the old golden set's digest).
+    (repo / "altered" / "2" / "model.sig").unlink()
+    (repo / "altered" / "2" / "attestation.intoto.jsonl").unlink()
     sign(repo / "altered" / "2", key=keys["private"])
     engine, _ = _engine(tmp_path, {"digits": repo / "digits", "altered": repo / "altered"}, require_golden=True,
                         tfship_public_key=keys["public"], enable_grpc_healthcheck_service=True)
