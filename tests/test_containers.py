@@ -590,7 +590,7 @@ def test_rollout_on_the_container_promotes_a_matching_canary_and_rolls_back_one_
 
         code, data, stderr = rollout(2)
         assert code == 0, stderr
-        assert data["decision"] == "promoted" and data["stable"] == 2
+        assert data["decision"] == "promoted" and data["stable"] == 1 and data["canary"] == 2
         assert [v for v, s in _served_states(repo).items() if s == "AVAILABLE"] == [2]
         state = json.loads((repo / ".tfship-run" / "engine.json").read_text())
         assert state["engine"] == "docker"
