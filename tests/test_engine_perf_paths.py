@@ -181,3 +181,28 @@ def test_idle_engine_runs_short_batches_on_the_loop_and_long_or_larger_ones_on_a
     # First call unknown: a batch thread; then short: the loop; more rows than measured: a batch thread again;
     # the same rows: the loop; after a slow call: a batch thread.
     assert on_loop == [False, True, False, True, True, False]
+
+
+def test_signatures_are_called_flat_in_the_graphs_input_order(tmp_path):
+    """The engine feeds a TF2 signature's graph inputs in TensorFlow's own order, skipping the keyword binding:
+    inputs whose names sort otherwise than they are declared still reach the right placeholder."""
+    import tensorflow as tf
+
+    from tfship.serving.local_engine import predict
+    from tfship.serving.local_engine.models import _signature_entries
+
+    class TwoInputs(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="zeta"), tf.TensorSpec([None], tf.float32, name="alpha")])
+        def serve(self, zeta, alpha):
+            return {"out": zeta * 2.0 + alpha}
+
+    module = TwoInputs()
+    tf.saved_model.save(module, str(tmp_path / "1"), signatures={"serving_default": module.serve})
+    loaded = tf.saved_model.load(str(tmp_path / "1"))
+    entry = _signature_entries(loaded, tmp_path / "1")["serving_default"]
+    assert entry.flat_inputs is not None and set(entry.flat_inputs) == {"zeta", "alpha"}
+    arrays = {"zeta": np.array([1.0, 2.0], np.float32), "alpha": np.array([10.0, 20.0], np.float32)}
+    np.testing.assert_array_equal(predict.run_signature(entry, arrays)["out"], [12.0, 24.0])
+    # The keyword call, TensorFlow's own binding, agrees.
+    keyword = loaded.signatures["serving_default"](**{k: tf.constant(v) for k, v in arrays.items()})["out"].numpy()
+    np.testing.assert_array_equal(predict.run_signature(entry, arrays)["out"], keyword)

@@ -91,6 +91,8 @@ class SignatureEntry:
     outputs: dict[str, InputSpec]
     method_name: str
     proto: Any  # tensorflow.SignatureDef, for GetModelMetadata
+    # A TF2 signature's inputs in the order its graph takes them (see flat_inputs), or None: called by keyword.
+    flat_inputs: tuple[str, ...] | None = None
 
     @property
     def input_order(self) -> list[str]:
@@ -183,8 +185,28 @@ def _signature_entries(loaded: Any, path: Path) -> dict[str, SignatureEntry]:
                     else:
                         for d in spec.shape:
                             info.tensor_shape.dim.add(size=-1 if d is None else d)
-        entries[key] = SignatureEntry(key, fn, inputs, outputs, proto.method_name or "tensorflow/serving/predict", proto)
+        entries[key] = SignatureEntry(key, fn, inputs, outputs, proto.method_name or "tensorflow/serving/predict", proto,
+                                      flat_inputs=flat_inputs(fn, set(kwargs)))
     return entries
+
+
+def flat_inputs(fn: Any, names: set[str]) -> tuple[str, ...] | None:
+    """The order in which a loaded signature's graph takes its inputs, so that a call can skip the keyword binding.
+
+    Calling ``fn(**tensors)`` binds the keywords to the function's type and casts each tensor to its spec in
+    Python, a third of a small model's call here; TF Serving feeds the graph's inputs directly (Session::Run
+    by tensor name). ``function_type.parameters`` is TensorFlow's own order for the flat call. None (call by
+    keyword) when anything about the function is not as expected.
+    """
+    try:
+        order = tuple(fn.function_type.parameters)
+        explicit = len(fn.inputs) - len(fn.captured_inputs)
+        callable_flat = callable(getattr(fn, "_call_flat", None))
+    except (AttributeError, TypeError):
+        return None
+    if not callable_flat or set(order) != names or len(order) != len(names) or explicit != len(order):
+        return None
+    return order
 
 
 def _golden_tolerance(path: Path, tflite: bool) -> Any:

@@ -148,7 +148,11 @@ def run_signature(entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[
         if problem:
             raise invalid(problem)
     try:
-        result = entry.fn(**{name: tf.constant(value) for name, value in arrays.items()})
+        if entry.flat_inputs is not None and len(arrays) == len(entry.flat_inputs):
+            # The graph's inputs in its own order (models.flat_inputs); dtypes were checked when decoding.
+            result = entry.fn._call_flat([tf.constant(arrays[name]) for name in entry.flat_inputs], entry.fn.captured_inputs)
+        else:
+            result = entry.fn(**{name: tf.constant(value) for name, value in arrays.items()})
     except tf.errors.InvalidArgumentError as exc:
         raise invalid(explain_shapes(entry, arrays) or first_line(exc.message) or "invalid argument") from None
     except tf.errors.ResourceExhaustedError as exc:
