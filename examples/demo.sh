@@ -31,5 +31,3 @@ trap '"$TFSHIP" -q serve down --repo "$DEMO/models" >/dev/null || true' EXIT
 step "5/5 validate over gRPC against the golden set"
 "$TFSHIP" validate --target "127.0.0.1:$GRPC_PORT" --model digits \
   --golden "$DEMO/models/digits/1/golden.npz" --report "$DEMO/report"
-
-printf '\nreport: %s\n' "$DEMO/report/report.html" >&2
