@@ -444,3 +444,16 @@ def test_bad_inputs_files_are_refused_in_one_line(tmp_path):
     np.savez(tmp_path / "objects.npz", a=np.array([{"x": 1}], dtype=object))
     pickled = run_cli("compare", "--target", target, "--model", "m", "--a", "1", "--b", "2", "--inputs", tmp_path / "objects.npz")
     assert pickled.exit_code == 1 and "not a readable .npz file" in pickled.stderr
+
+
+def test_the_client_imports_without_tensorflow_or_ml_dtypes():
+    """A release pipeline's small image: `import tfship.client` loads neither TensorFlow nor ml_dtypes (which alone
+    takes most of a second); bfloat16 tensors still decode, ml_dtypes being imported when the first one comes."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, tfship.client; "
+             "print(sorted(m for m in ('tensorflow', 'ml_dtypes') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -14,13 +14,13 @@ tf = pytest.importorskip("tensorflow")
 
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
-from tfship.core.codec import BFLOAT16, CodecError, tensor_contents, to_ndarray, to_tensor_proto  # noqa: E402
+from tfship.core.codec import CodecError, bfloat16, tensor_contents, to_ndarray, to_tensor_proto  # noqa: E402
 from tfship.serving.config import BatchingOptions  # noqa: E402
 from tfship.serving.local_engine import LocalEngine, ModelConfig  # noqa: E402
 from tfship.serving.local_engine.grpc_service import ZERO_COPY_BYTES  # noqa: E402
 
 DTYPES = [np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
-          np.uint64, np.bool_, np.complex64, np.complex128, BFLOAT16]
+          np.uint64, np.bool_, np.complex64, np.complex128, bfloat16()]
 
 
 def request_with(arrays: dict[str, np.ndarray]) -> bytes:

@@ -9,6 +9,7 @@ use them on the official ``tensorflow`` classes too.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -16,13 +17,6 @@ import numpy as np
 
 from tfship.core.errors import first_line
 from tfship.core.protos import DATA_TYPES, TensorProto
-
-try:  # bfloat16 has no numpy dtype of its own; ml_dtypes (a tensorflow dependency) provides it.
-    import ml_dtypes
-
-    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes is a declared dependency
-    BFLOAT16 = None
 
 _NUMPY_TO_DT: dict[np.dtype[Any], int] = {
     np.dtype(np.float16): DATA_TYPES["DT_HALF"],
@@ -40,8 +34,6 @@ _NUMPY_TO_DT: dict[np.dtype[Any], int] = {
     np.dtype(np.complex64): DATA_TYPES["DT_COMPLEX64"],
     np.dtype(np.complex128): DATA_TYPES["DT_COMPLEX128"],
 }
-if BFLOAT16 is not None:
-    _NUMPY_TO_DT[BFLOAT16] = DATA_TYPES["DT_BFLOAT16"]
 _DT_TO_NUMPY = {dt: np_dtype for np_dtype, dt in _NUMPY_TO_DT.items()}
 DT_STRING = DATA_TYPES["DT_STRING"]
 
@@ -92,6 +84,8 @@ def dtype_to_enum(dtype: Any) -> int:
     try:
         return _NUMPY_TO_DT[dtype]
     except KeyError:
+        if dtype == bfloat16():
+            return DATA_TYPES["DT_BFLOAT16"]
         raise CodecError(f"numpy dtype {dtype} has no TensorFlow equivalent") from None
 
 
@@ -101,7 +95,20 @@ def enum_to_dtype(dt: int) -> np.dtype[Any]:
     try:
         return _DT_TO_NUMPY[dt]
     except KeyError:
+        if dt == DATA_TYPES["DT_BFLOAT16"] and bfloat16() is not None:
+            return bfloat16()  # type: ignore[return-value]
         raise CodecError(f"TensorFlow dtype {DTYPE_NAMES.get(dt, dt)} is not supported by the client") from None
+
+
+@functools.cache
+def bfloat16() -> np.dtype[Any] | None:
+    """bfloat16 has no numpy dtype of its own; ml_dtypes (a tensorflow dependency) provides it. Imported when a
+    bfloat16 tensor first comes by: its import alone takes most of a second, most of the client's start-up."""
+    try:
+        import ml_dtypes
+    except ImportError:  # pragma: no cover - ml_dtypes is a declared dependency
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
 
 
 def dtype_name(dt: int) -> str:
