@@ -97,16 +97,17 @@ def with_serving_signature(model_bytes: bytes, savedmodel_dir: Path) -> bytes:
     if (check.get_signature_list() != interpreter.get_signature_list()
             or _tensor_names(check) != _tensor_names(interpreter)):
         raise ExportError("the file with the SignatureDef stored loads with other tensors or signatures in LiteRT")
-    if _read_signature_defs(stored) != {SERVING_SIGNATURE: signature_def.SerializeToString()}:
+    # As TF Serving reads them: signature_def_util.cc ReadSignatureDefMap copies ``AsString().c_str()``.
+    if {k: v.split(b"\0", 1)[0] for k, v in stored_signature_defs(stored).items()} != {SERVING_SIGNATURE: signature_def.SerializeToString()}:
         raise ExportError("the stored SignatureDef does not read back as written")
     return stored
 
 
-def _read_signature_defs(model_bytes: bytes) -> dict[str, bytes]:
-    """The ``signature_defs_metadata`` entry (key -> serialized SignatureDef) as TF Serving reads it, or {}.
+def stored_signature_defs(model_bytes: bytes) -> dict[str, bytes]:
+    """The ``signature_defs_metadata`` entry (key -> serialized SignatureDef, as stored), or {}.
 
-    signature_def_util.cc ReadSignatureDefMap copies ``AsString().c_str()``: a value that is not a
-    flexbuffer string reads as empty, and one is cut at its first NUL byte.
+    A value that is not a flexbuffer string reads as empty (signature_def_util.cc ReadSignatureDefMap); TF
+    Serving then copies it only up to its first NUL byte (``AsString().c_str()``): callers cut it.
     """
     from flatbuffers import flexbuffers
     from tensorflow.lite.python import schema_py_generated as schema
@@ -117,10 +118,12 @@ def _read_signature_defs(model_bytes: bytes) -> dict[str, bytes]:
         if entry.Name() != SIGNATURE_DEFS_METADATA.encode():
             continue
         buffer = model.Buffers(entry.Buffer())
-        data = bytes(buffer.DataAsNumpy()) if buffer.DataLength() else b""
+        if buffer.Offset() > 1:  # a large model keeps buffers after the flatbuffer
+            data = model_bytes[buffer.Offset():buffer.Offset() + buffer.Size()]
+        else:
+            data = bytes(buffer.DataAsNumpy()) if buffer.DataLength() else b""
         table = flexbuffers.GetRoot(data).AsMap
-        return {key.AsKey: (value.AsStringBytes if value.IsString else b"").split(b"\0", 1)[0]
-                for key, value in zip(table.Keys, table.Values)}
+        return {key.AsKey: value.AsStringBytes if value.IsString else b"" for key, value in zip(table.Keys, table.Values)}
     return {}
 
 

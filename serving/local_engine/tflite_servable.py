@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 TFLITE_FILE = "model.tflite"
 # tensorflow/cc/saved_model/loader.cc MaybeSavedModelDirectory: saved_model.pb or saved_model.pbtxt.
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
-# tensorflow/lite/tools/signature/signature_def_util.h kSignatureDefsMetadataName.
-SIGNATURE_DEFS_METADATA = "signature_defs_metadata"
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 # TF Serving builds one interpreter per CPU; ours are built on demand, so idle models hold one.
@@ -330,44 +328,27 @@ def _tensor_map(details: list[dict[str, Any]], kind: str, file: Path) -> dict[st
 
 def _stored_signature_defs(model_bytes: bytes, file: Path) -> dict[str, Any]:
     """signature_def_util.cc GetSignatureDefMap: the ``signature_defs_metadata`` entry, or nothing."""
-    from flatbuffers import flexbuffers
     from tensorflow.core.protobuf import meta_graph_pb2
-    from tensorflow.lite.python import schema_py_generated as schema
+
+    from tfship.exporter.tflite import stored_signature_defs
 
     try:
-        model = schema.Model.GetRootAs(model_bytes, 0)
-        for i in range(model.MetadataLength()):
-            entry = model.Metadata(i)
-            if entry.Name() != SIGNATURE_DEFS_METADATA.encode():
-                continue
-            buffer = model.Buffers(entry.Buffer())
-            if buffer.Offset() > 1:  # a large model keeps buffers after the flatbuffer
-                data = model_bytes[buffer.Offset():buffer.Offset() + buffer.Size()]
-            else:
-                data = bytes(buffer.DataAsNumpy()) if buffer.DataLength() else b""
-            table = flexbuffers.GetRoot(data).AsMap
-            result = {}
-            for key, value in zip(table.Keys, table.Values):
-                # ReadSignatureDefMap copies ``AsString().c_str()``: a value that is not a string reads as
-                # empty, and a serialized SignatureDef is cut at its first NUL byte.
-                raw = value.AsStringBytes if value.IsString else b""
-                if b"\0" in raw:
-                    log.warning("%s: SignatureDef '%s' holds a NUL byte; TF Serving reads it only up to there",
-                                file, key.AsKey)
-                    raw = raw.split(b"\0", 1)[0]
-                proto = meta_graph_pb2.SignatureDef()
-                try:
-                    proto.ParseFromString(raw)
-                except Exception:
-                    raise EngineError(grpc.StatusCode.INTERNAL,
-                                      f"{file}: Cannot parse signature def found in flatbuffer ({key.AsKey!r}).") from None
-                result[key.AsKey] = proto
-            return result
-    except EngineError:
-        raise
+        stored = stored_signature_defs(model_bytes)
     except Exception as exc:
         raise invalid(f"Invalid SignatureDefs found in TfLite model {file}: {first_line(exc, 200)}") from None
-    return {}
+    result = {}
+    for key, raw in stored.items():
+        # ReadSignatureDefMap copies ``AsString().c_str()``: a serialized SignatureDef is cut at its first NUL byte.
+        if b"\0" in raw:
+            log.warning("%s: SignatureDef '%s' holds a NUL byte; TF Serving reads it only up to there", file, key)
+            raw = raw.split(b"\0", 1)[0]
+        proto = meta_graph_pb2.SignatureDef()
+        try:
+            proto.ParseFromString(raw)
+        except Exception:
+            raise EngineError(grpc.StatusCode.INTERNAL, f"{file}: Cannot parse signature def found in flatbuffer ({key!r}).") from None
+        result[key] = proto
+    return result
 
 
 def _fixed_name(name: str, tensors: dict[str, _Tensor]) -> str | None:
