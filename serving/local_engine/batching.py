@@ -12,9 +12,10 @@ queuing_latency, processed_batch_size, padding_size) and tfship_batch_queue_dept
 The batcher lives on the engine's asyncio loop (the gRPC server's): queueing, merging and splitting
 are plain callbacks on that loop, with no thread hand-off per request; only the model call runs on one
 of ``num_batch_threads`` threads (TensorFlow releases the GIL while it computes), and its end comes back
-to the loop as one callback per batch (no task, no extra wake-up). When the engine has nothing else to do
-(one task in all, nothing queued or running) and the model's last call was short, the batch runs on the
-loop itself: the result is the same as from a batch thread, without the two thread hand-offs. A batch that is due
+to the loop as one callback per batch (no task, no extra wake-up). When no batch thread is busy and the
+model's last call for that queue and batch size was short (under 0.5 ms), the batch runs on the loop itself:
+the result is the same as from a batch thread, without the two thread hand-offs, and the loop is held no
+longer than a thread hand-off would cost. A batch that is due
 while every batch thread is busy keeps taking tasks until a thread frees up, so batches grow with load.
 """
 
@@ -186,9 +187,7 @@ class Batcher:
                 self._metrics.batch(queue.model_name, target, len(batch), rows=rows)
             if target > rows:
                 merged = {name: np.concatenate([value, np.repeat(value[-1:], target - rows, axis=0)]) for name, value in merged.items()}
-            if len(batch) == 1 and self._submitted == 1 and not self._enqueued and \
-                    self._free_threads == self.options.num_batch_threads - 1 and \
-                    self._inline(queue.key, target):
+            if self._free_threads == self.options.num_batch_threads - 1 and self._inline(queue.key, target):
                 self._finished(queue, batch, target, self._timed(queue, merged, target), None)
                 return
             running = self._pool.submit(self._timed, queue, merged, target)

@@ -93,6 +93,8 @@ class SignatureEntry:
     proto: Any  # tensorflow.SignatureDef, for GetModelMetadata
     # A TF2 signature's inputs in the order its graph takes them (see flat_inputs), or None: called by keyword.
     flat_inputs: tuple[str, ...] | None = None
+    # ``fn`` takes numpy arrays by alias (a Session's signature): no tensors are made for the call.
+    numpy_inputs: bool = False
 
     @property
     def input_order(self) -> list[str]:

@@ -111,8 +111,19 @@ class TF1Model:
         unsupported = [alias for alias, info in [*signature.inputs.items(), *signature.outputs.items()]
                        if info.WhichOneof("encoding") != "name"]
         session = self.session
+        order = sorted(feeds)
+        fast = session.make_callable(fetches, [feeds[alias] for alias in order]) if not unsupported else None
 
         def run(**inputs: Any) -> dict[str, Any]:
+            if fast is not None and len(inputs) == len(order):
+                try:
+                    values = fast(*[_as_array(inputs[alias]) for alias in order])
+                except KeyError:
+                    pass
+                except tf.errors.OpError as exc:
+                    raise type(exc)(exc.node_def, exc.op, status_message(exc.message)) from None
+                else:
+                    return dict(zip(fetch_aliases, values))
             if unsupported:
                 # Sparse and composite encodings have no single tensor name; TF Serving's Predict feeds
                 # and fetches by ``name`` only, so such signatures cannot be served there either.
@@ -175,6 +186,7 @@ def load_tf1(path: Path, tags: set[str], *, intra_op_threads: int = 0,
             outputs={alias: _spec(alias, info) for alias, info in proto.outputs.items()},
             method_name=proto.method_name,
             proto=proto,
+            numpy_inputs=True,
         )
     log.info("loaded TF1 SavedModel %s (tags %s) into a Session: %d signatures", path, sorted(wanted), len(entries))
     return model, entries
