@@ -48,6 +48,32 @@ def test_tensor_content_views_round_trip_every_dtype_without_a_copy(dtype):
     assert np.shares_memory(decoded, np.frombuffer(data, np.uint8))  # a view into the request's bytes
 
 
+@pytest.mark.parametrize("dtype", [*DTYPES, object], ids=lambda d: np.dtype(d).name)
+def test_request_tensors_reach_tensorflow_as_tf_constant_would_make_them_without_its_copy(dtype):
+    import tracemalloc
+
+    from tfship.serving.local_engine.predict import as_tensor
+
+    rng = np.random.default_rng(2)
+    if dtype is object:
+        value = np.array([b"a", b"", "\u00e9".encode()] * 2, dtype=object).reshape(2, 3)
+    else:
+        value = (rng.random((2, 3)) * 100).astype(dtype)
+    for array in (value, value[:, ::2], np.asfortranarray(value), value[0, 0]):
+        made, expected = as_tensor(array), tf.constant(array)
+        assert (made.dtype, made.shape) == (expected.dtype, expected.shape)
+        np.testing.assert_array_equal(made.numpy(), expected.numpy())
+    if dtype is not object:
+        large = np.zeros((256, 1024), dtype)  # 0.25-2 MB
+        tracemalloc.start()
+        try:
+            as_tensor(large)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < large.nbytes / 10, f"{peak} bytes traced making a tensor of {large.nbytes}"
+
+
 def test_tensor_contents_follow_protobufs_merge_rules():
     first = request_with({"x": np.array([1.0, 2.0], np.float32)})
     second = request_with({"x": np.array([5.0, 6.0], np.float32)})
@@ -181,6 +207,50 @@ def test_idle_engine_runs_short_batches_on_the_loop_and_long_or_larger_ones_on_a
     # First call unknown: a batch thread; then short: the loop; more rows than measured: a batch thread again;
     # the same rows: the loop; after a slow call: a batch thread.
     assert on_loop == [False, True, False, True, True, False]
+
+
+def test_short_batches_run_on_the_loop_under_load_unless_a_batch_thread_is_busy():
+    import asyncio
+    import time
+
+    from tfship.serving.local_engine.batching import INLINE_SECONDS, Batcher
+
+    calls: list[tuple[str, bool, int]] = []
+    loop_thread = threading.current_thread().name
+
+    def run(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        slow = bool(arrays["x"][0, 0] < 0)
+        calls.append(("slow" if slow else "short", threading.current_thread().name == loop_thread, len(arrays["x"])))
+        if slow:
+            time.sleep(INLINE_SECONDS * 60)
+        return {"y": arrays["x"] * 2}
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = Batcher(BatchingOptions(max_batch_size=8, batch_timeout_micros=0, num_batch_threads=2))
+
+        async def ask(key: tuple, value: float, shape: tuple = (1, 2)) -> np.ndarray:
+            x = np.full(shape, value, np.float32)
+            return (await batcher.submit(key, "m", {"x": x}, shape[0], run))["y"] / x
+
+        short, slow = ("m", 1, "short", 0), ("m", 1, "slow", 0)
+        try:
+            answers = [await ask(short, 1), await ask(short, 2)]  # first measured on a thread, then known short
+            busy = asyncio.ensure_future(ask(slow, -1, (1, 3)))  # other shapes: its own queue, a batch thread
+            await asyncio.sleep(INLINE_SECONDS * 10)
+            answers.append(await ask(short, 3))  # a batch thread is busy: this one takes the other thread
+            answers.append(await busy)
+            answers.append(await ask(short, 8, (4, 2)))  # more rows than measured: a batch thread, measured
+            # Concurrent callers, no batch thread busy: their batch runs on the loop, the callers' rows each their own.
+            answers += await asyncio.gather(*(ask(short, value) for value in (4, 5, 6, 7)))
+            return answers
+        finally:
+            batcher.stop()
+
+    answers = asyncio.run(scenario())
+    assert all(np.all(a == 2) for a in answers)
+    assert calls[:5] == [("short", False, 1), ("short", True, 1), ("slow", False, 1), ("short", False, 1), ("short", False, 4)]
+    assert calls[5:] and all(kind == "short" and on_loop for kind, on_loop, _ in calls[5:])
+    assert sum(rows for _, _, rows in calls[5:]) == 4
 
 
 def test_signatures_are_called_flat_in_the_graphs_input_order(tmp_path):
