@@ -236,11 +236,21 @@ build_server() {
     fi
     old_id=$(docker image inspect --format '{{.Id}}' "$SERVER_IMAGE" 2>/dev/null || true)
     say "building $SERVER_IMAGE for $PLATFORM on $BASE_IMAGE (pip install --no-index from the wheelhouse)"
-    docker build "${PLATFORM_ARGS[@]}" --label "$LABEL=$inputs" --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg PIP_NO_INDEX=1 \
-        -t "$SERVER_IMAGE" -f "$ROOT/docker/model-server.Dockerfile" "$context" 2>&1 \
-        | tee "$CACHE/server-build$SUFFIX.log" \
-        | while IFS= read -r line; do printf '    %4ds %s\n' "$((SECONDS - START))" "$line"; done >&2
-    [[ "${PIPESTATUS[0]}" == 0 ]] || die "docker build of $SERVER_IMAGE failed (log: $CACHE/server-build$SUFFIX.log)"
+    local attempt status
+    for attempt in 1 2; do
+        set +e  # the build's own status is read below, not by errexit
+        docker build "${PLATFORM_ARGS[@]}" --label "$LABEL=$inputs" --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg PIP_NO_INDEX=1 \
+            -t "$SERVER_IMAGE" -f "$ROOT/docker/model-server.Dockerfile" "$context" 2>&1 \
+            | tee "$CACHE/server-build$SUFFIX.log" \
+            | while IFS= read -r line; do printf '    %4ds %s\n' "$((SECONDS - START))" "$line"; done >&2
+        status=${PIPESTATUS[0]}
+        set -e
+        # The engine's storage failing to record the finished image ("failed to get digest sha256:..."), not the
+        # Dockerfile: the same build again succeeds, from the layers already built.
+        [[ "$status" != 0 && "$attempt" == 1 ]] && grep -q 'failed to get digest sha256:' "$CACHE/server-build$SUFFIX.log" || break
+        say "the Docker engine's storage failed to record $SERVER_IMAGE; building it again"
+    done
+    [[ "$status" == 0 ]] || die "docker build of $SERVER_IMAGE failed (log: $CACHE/server-build$SUFFIX.log)"
     rm -rf "$context"
     remove_replaced "$old_id" "$SERVER_IMAGE"
     # The classic builder leaves the install stage behind as an untagged image (the layer cache of the
