@@ -81,7 +81,6 @@ class Batcher:
         self._free_threads = options.num_batch_threads
         self._on_batch = on_batch
         self._enqueued = 0
-        self._submitted = 0  # tasks submitted and not answered yet
         # The last model call per queue key (servable, signature, input shapes): its seconds and rows.
         self._last_runtime: dict[tuple, tuple[float, int]] = {}
 
@@ -122,15 +121,11 @@ class Batcher:
         queue.pending_rows += size
         self._enqueued += 1
         self._count_waiting(model_name, 1)
-        self._submitted += 1
-        try:
-            if queue.pending_rows >= opts.max_batch_size:
-                self._dispatch(queue, loop)
-            elif queue.timer is None and not queue.due:
-                queue.timer = loop.call_later(opts.batch_timeout_micros / 1e6, self._timeout, queue)
-            return await task.future
-        finally:
-            self._submitted -= 1
+        if queue.pending_rows >= opts.max_batch_size:
+            self._dispatch(queue, loop)
+        elif queue.timer is None and not queue.due:
+            queue.timer = loop.call_later(opts.batch_timeout_micros / 1e6, self._timeout, queue)
+        return await task.future
 
     def _count_waiting(self, model_name: str, change: int) -> None:
         waiting = self._waiting.get(model_name, 0) + change

@@ -115,15 +115,6 @@ class TF1Model:
         fast = session.make_callable(fetches, [feeds[alias] for alias in order]) if not unsupported else None
 
         def run(**inputs: Any) -> dict[str, Any]:
-            if fast is not None and len(inputs) == len(order):
-                try:
-                    values = fast(*[_as_array(inputs[alias]) for alias in order])
-                except KeyError:
-                    pass
-                except tf.errors.OpError as exc:
-                    raise type(exc)(exc.node_def, exc.op, status_message(exc.message)) from None
-                else:
-                    return dict(zip(fetch_aliases, values))
             if unsupported:
                 # Sparse and composite encodings have no single tensor name; TF Serving's Predict feeds
                 # and fetches by ``name`` only, so such signatures cannot be served there either.
@@ -132,9 +123,11 @@ class TF1Model:
             unknown = sorted(set(inputs) - set(feeds))
             if unknown:
                 raise TypeError(f"signature '{key}' got unexpected inputs {unknown}; it takes {sorted(feeds)}")
-            feed_dict = {feeds[alias]: _as_array(value) for alias, value in inputs.items()}
             try:
-                values = session.run(fetches, feed_dict=feed_dict)
+                if fast is not None and inputs.keys() == feeds.keys():  # every input: the callable built once
+                    values = fast(*[_as_array(inputs[alias]) for alias in order])
+                else:
+                    values = session.run(fetches, feed_dict={feeds[alias]: _as_array(value) for alias, value in inputs.items()})
             except tf.errors.OpError as exc:
                 raise type(exc)(exc.node_def, exc.op, status_message(exc.message)) from None
             return dict(zip(fetch_aliases, values))
