@@ -342,6 +342,17 @@ def start_server(args: list[str]) -> subprocess.Popen:
     return process
 
 
+def batch_totals(rest_port: int) -> tuple[float, float]:
+    """(model calls, rows) the engine's batcher has run so far: processed_batch_size's count and sum on its metrics page."""
+    import urllib.request
+
+    name = ":tensorflow:serving:batching_session:processed_batch_size"
+    with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics", timeout=30) as response:
+        lines = response.read().decode().splitlines()
+    values = {line.split()[0]: float(line.split()[1]) for line in lines if line.startswith(name + "_")}
+    return values.get(name + "_count", 0.0), values.get(name + "_sum", 0.0)
+
+
 def run_child(args: list[str]) -> dict:
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -429,7 +440,11 @@ def main() -> int:
                         if kind == "tflite" and (p != "small" or kind in broken):
                             continue
                         try:
+                            before = batch_totals(servers[kind][2]) if kind != "echo" else (0.0, 0.0)
                             result = grpc_load(servers[kind][1], c, d, p)
+                            if kind != "echo":
+                                after = batch_totals(servers[kind][2])
+                                result["batches"], result["batch_rows"] = after[0] - before[0], after[1] - before[1]
                             runs.setdefault((kind, f"{p}@{c}"), []).append(result)
                         except subprocess.CalledProcessError as exc:
                             if kind != "tflite":
@@ -473,6 +488,9 @@ def main() -> int:
                   + ", ".join(f"{a / b:.2f}" for a, b in zip(g16["all_rps"], e16["all_rps"])))
             print(f"small, c=1:  engine p50 / echo p50 = {ratio('engine', 'echo', 'small@1', 'all_p50'):.2f} (target <= 2.0); per round: "
                   + ", ".join(f"{a / b:.2f}" for a, b in zip(g1["all_p50"], e1["all_p50"])))
+            if g16.get("batches"):
+                print(f"small, c=16: the engine's batches (TF Serving's processed_batch_size) averaged "
+                      f"{g16['batch_rows'] / g16['batches']:.2f} rows per model call ({g16['batches']:,.0f} calls, median round)")
         if "large" in parts:
             for key in ("image1@4", "image32@2"):
                 print(f"{key}: engine / echo bytes/s = {ratio('engine', 'echo', key):.2f} (target >= 0.80)")
