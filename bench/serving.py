@@ -346,10 +346,13 @@ def batch_totals(rest_port: int) -> tuple[float, float]:
     """(model calls, rows) the engine's batcher has run so far: processed_batch_size's count and sum on its metrics page."""
     import urllib.request
 
+    from prometheus_client.parser import text_string_to_metric_families
+
     name = ":tensorflow:serving:batching_session:processed_batch_size"
     with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics", timeout=30) as response:
-        lines = response.read().decode().splitlines()
-    values = {line.split()[0]: float(line.split()[1]) for line in lines if line.startswith(name + "_")}
+        page = response.read().decode()
+    values = {sample.name: sample.value for family in text_string_to_metric_families(page) if family.name == name
+              for sample in family.samples}
     return values.get(name + "_count", 0.0), values.get(name + "_sum", 0.0)
 
 
