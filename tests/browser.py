@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -108,46 +109,67 @@ def _errors(events: list[dict[str, Any]]) -> list[str]:
 async def _open(chromium: str, url: str, selector: str, width: int, height: int) -> PageView:
     import aiohttp
 
-    with tempfile.TemporaryDirectory(prefix="tfship-chromium-") as profile:
-        process = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
-                                    "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1", f"--user-data-dir={profile}",
-                                    f"--window-size={width},{height}", "about:blank"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Not TemporaryDirectory's own cleanup: chromium's helper processes can still be writing the profile when the
+    # main process has exited ("Directory not empty: 'Default'"); the whole process group is ended first.
+    profile = tempfile.mkdtemp(prefix="tfship-chromium-")
+    process = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
+                                "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1", f"--user-data-dir={profile}",
+                                f"--window-size={width},{height}", "about:blank"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        port_file = Path(profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"chromium did not start its DevTools endpoint (exit {process.poll()})")
+            await asyncio.sleep(0.05)
+        port = int(port_file.read_text().split()[0])
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/json/list") as response:
+                page = next(t for t in await response.json() if t["type"] == "page")
+            async with session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                cdp = _Cdp(ws)
+                pump = asyncio.create_task(cdp.pump())
+                for domain in ("Page", "Runtime", "Log"):
+                    await cdp.call(f"{domain}.enable")
+                await cdp.call("Page.navigate", url=url)
+                deadline = time.monotonic() + 30
+                while not any(e.get("method") == "Page.loadEventFired" for e in cdp.events):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{url}: no load event within 30 s")
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.2)  # late console messages
+                expression = _INSPECT.replace("SELECTOR", json.dumps(selector))
+                seen = json.loads((await cdp.call("Runtime.evaluate", expression=expression, returnByValue=True))["result"]["value"])
+                shot = await cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+                pump.cancel()
+        return PageView(seen["text"], seen["elements"], _errors(cdp.events), base64.b64decode(shot["data"]), seen["title"])
+    finally:
+        _end_group(process)
+        for _ in range(50):
+            shutil.rmtree(profile, ignore_errors=True)
+            if not os.path.exists(profile):
+                break
+            time.sleep(0.1)
+
+
+def _end_group(process: subprocess.Popen) -> None:
+    """End chromium and every helper it started (its own session and process group)."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
         try:
-            port_file = Path(profile) / "DevToolsActivePort"
-            deadline = time.monotonic() + 60
-            while not (port_file.exists() and port_file.read_text().strip()):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"chromium did not start its DevTools endpoint (exit {process.poll()})")
-                await asyncio.sleep(0.05)
-            port = int(port_file.read_text().split()[0])
-            async with aiohttp.ClientSession() as session:
-                async with session.get(f"http://127.0.0.1:{port}/json/list") as response:
-                    page = next(t for t in await response.json() if t["type"] == "page")
-                async with session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                    cdp = _Cdp(ws)
-                    pump = asyncio.create_task(cdp.pump())
-                    for domain in ("Page", "Runtime", "Log"):
-                        await cdp.call(f"{domain}.enable")
-                    await cdp.call("Page.navigate", url=url)
-                    deadline = time.monotonic() + 30
-                    while not any(e.get("method") == "Page.loadEventFired" for e in cdp.events):
-                        if time.monotonic() > deadline:
-                            raise RuntimeError(f"{url}: no load event within 30 s")
-                        await asyncio.sleep(0.05)
-                    await asyncio.sleep(0.2)  # late console messages
-                    expression = _INSPECT.replace("SELECTOR", json.dumps(selector))
-                    seen = json.loads((await cdp.call("Runtime.evaluate", expression=expression, returnByValue=True))["result"]["value"])
-                    shot = await cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-                    pump.cancel()
-            return PageView(seen["text"], seen["elements"], _errors(cdp.events), base64.b64decode(shot["data"]), seen["title"])
-        finally:
-            process.terminate()
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:
             try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                os.killpg(process.pid, signal.SIGKILL)  # helpers that outlived the main process
+            except ProcessLookupError:
+                pass
+            return
 
 
 def open_page(chromium: str, path: Path, selector: str = "figure", width: int = 1280, height: int = 1600) -> PageView:
