@@ -276,3 +276,46 @@ def test_signatures_are_called_flat_in_the_graphs_input_order(tmp_path):
     # The keyword call, TensorFlow's own binding, agrees.
     keyword = loaded.signatures["serving_default"](**{k: tf.constant(v) for k, v in arrays.items()})["out"].numpy()
     np.testing.assert_array_equal(predict.run_signature(entry, arrays)["out"], keyword)
+
+
+def test_a_merged_and_padded_batch_reaches_tensorflow_as_the_tensors_own_memory():
+    """Several callers' rows, padded to an allowed batch size, are written once: TensorFlow takes that array
+    as its tensor (a change to the array shows in the tensor) instead of copying it again."""
+    import asyncio
+
+    from tfship.serving.local_engine.batching import Batcher
+    from tfship.serving.local_engine.predict import as_tensor
+
+    seen: list[tuple[np.ndarray, bool]] = []
+
+    def run(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = arrays["x"]
+        tensor = as_tensor(x)
+        before = float(tensor.numpy()[0, 0])
+        x[0, 0] += 1000.0  # shows in the tensor only if TensorFlow did not copy the batch
+        shared = float(tensor.numpy()[0, 0]) == before + 1000.0
+        x[0, 0] -= 1000.0
+        seen.append((x.copy(), shared))
+        return {"y": x * 2}
+
+    async def scenario() -> list[np.ndarray]:
+        options = BatchingOptions(max_batch_size=8, batch_timeout_micros=50_000, num_batch_threads=1, allowed_batch_sizes=[2, 8])
+        batcher = Batcher(options)
+        answers = []
+        try:
+            # Rounds of three callers, each round one batch: numpy's own arrays are 64-byte aligned only now and then.
+            for width in range(3, 11):
+                values = [np.full((rows, width), value, np.float32) for rows, value in ((1, 1.0), (2, 2.0), (1, 3.0))]
+                answers.append(await asyncio.gather(*(batcher.submit(("m", 1, "s", 0), "m", {"x": x}, len(x), run) for x in values)))
+        finally:
+            batcher.stop()
+        return answers
+
+    rounds = asyncio.run(scenario())
+    for width, answers in enumerate(rounds, start=3):
+        assert [a["y"].tolist() for a in answers] == [[[2.0] * width], [[4.0] * width] * 2, [[6.0] * width]]
+    assert len(seen) == len(rounds)
+    for batch, shared in seen:
+        # One batch of 4 rows padded to 8 with copies of the last row, as TF Serving's batching session pads.
+        assert batch[:, 0].tolist() == [1.0, 2.0, 2.0, 3.0, 3.0, 3.0, 3.0, 3.0]
+        assert shared
