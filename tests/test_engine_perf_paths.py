@@ -303,8 +303,9 @@ def test_a_merged_and_padded_batch_reaches_tensorflow_as_the_tensors_own_memory(
         batcher = Batcher(options)
         answers = []
         try:
-            # Rounds of three callers, each round one batch: numpy's own arrays are 64-byte aligned only now and then.
-            for width in range(3, 11):
+            # Rounds of three callers, each round one batch (of 64 KiB and more once padded): numpy's own arrays
+            # are 64-byte aligned only now and then.
+            for width in range(2048, 2056):
                 values = [np.full((rows, width), value, np.float32) for rows, value in ((1, 1.0), (2, 2.0), (1, 3.0))]
                 answers.append(await asyncio.gather(*(batcher.submit(("m", 1, "s", 0), "m", {"x": x}, len(x), run) for x in values)))
         finally:
@@ -312,7 +313,7 @@ def test_a_merged_and_padded_batch_reaches_tensorflow_as_the_tensors_own_memory(
         return answers
 
     rounds = asyncio.run(scenario())
-    for width, answers in enumerate(rounds, start=3):
+    for width, answers in enumerate(rounds, start=2048):
         assert [a["y"].tolist() for a in answers] == [[[2.0] * width], [[4.0] * width] * 2, [[6.0] * width]]
     assert len(seen) == len(rounds)
     for batch, shared in seen:

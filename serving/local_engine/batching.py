@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -48,6 +49,9 @@ INLINE_SECONDS = 0.0005
 # TensorFlow takes a host array's memory as the tensor's own when its data is aligned as Eigen wants it
 # (EIGEN_MAX_ALIGN_BYTES, 64 at most) and copies it otherwise; numpy aligns its arrays to 16 bytes only.
 TENSOR_ALIGNMENT = 64
+# Batches smaller than this are merged by numpy as they come: TensorFlow's copy of a small array costs less
+# than setting up the aligned one.
+ALIGNED_MERGE_BYTES = 64 * 1024
 
 
 @dataclass
@@ -78,11 +82,11 @@ def merge_rows(values: list[np.ndarray], rows: int, target: int) -> np.ndarray:
     own memory: a merged batch is copied once on its way to the model, not three times (merge, padding,
     TensorFlow's copy of an unaligned array)."""
     last = values[-1]
-    if last.dtype.hasobject or not rows:  # strings, or no row to pad with: numpy's own arrays
+    shape = (target, *last.shape[1:])
+    size = math.prod(shape) * last.dtype.itemsize
+    if last.dtype.hasobject or not rows or size < ALIGNED_MERGE_BYTES:  # strings, nothing to pad with, or small
         merged = np.concatenate(values) if len(values) > 1 else last
         return np.concatenate([merged, np.repeat(merged[-1:], target - rows, axis=0)]) if target > rows else merged
-    shape = (target, *last.shape[1:])
-    size = int(np.prod(shape)) * last.dtype.itemsize
     buffer = np.empty(size + TENSOR_ALIGNMENT, np.uint8)
     start = -buffer.ctypes.data % TENSOR_ALIGNMENT
     merged = buffer[start:start + size].view(last.dtype).reshape(shape)
