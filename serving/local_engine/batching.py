@@ -78,9 +78,9 @@ class _Queue:
 def merge_rows(values: list[np.ndarray], rows: int, target: int) -> np.ndarray:
     """The tasks' arrays one after the other, padded up to ``target`` rows with copies of the last row.
 
-    Written once into a buffer aligned to TENSOR_ALIGNMENT bytes, which TensorFlow then uses as the tensor's
-    own memory: a merged batch is copied once on its way to the model, not three times (merge, padding,
-    TensorFlow's copy of an unaligned array)."""
+    From ALIGNED_MERGE_BYTES on, written once into a buffer aligned to TENSOR_ALIGNMENT bytes, which TensorFlow
+    then uses as the tensor's own memory: the batch is copied once on its way to the model, where numpy's merge,
+    its padding and TensorFlow's copy of the unaligned result made up to three copies."""
     last = values[-1]
     shape = (target, *last.shape[1:])
     size = math.prod(shape) * last.dtype.itemsize
