@@ -93,10 +93,9 @@ def image_payload(batch: int) -> bytes:
 
 # --- servers --------------------------------------------------------------------------------------
 
-def serve_echo(port: int) -> None:
-    """The gRPC ceiling on the engine's stack (grpc.aio, official stubs): parse the request, fixed answer."""
-    import asyncio
-
+async def start_echo(port: int = 0) -> tuple:
+    """The gRPC ceiling on the engine's stack (grpc.aio, official stubs): parse each request, answer one fixed
+    PredictResponse. Returns the started server and its port."""
     import grpc
     from tensorflow_serving.apis import predict_pb2
 
@@ -109,13 +108,20 @@ def serve_echo(port: int) -> None:
     async def handler(request, context):
         return fixed
 
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", (1 << 31) - 1)])
+    rpc = grpc.unary_unary_rpc_method_handler(handler, request_deserializer=predict_pb2.PredictRequest.FromString,
+                                              response_serializer=predict_pb2.PredictResponse.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {"Predict": rpc}),))
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, bound
+
+
+def serve_echo(port: int) -> None:
+    import asyncio
+
     async def main() -> None:
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", (1 << 31) - 1)])
-        rpc = grpc.unary_unary_rpc_method_handler(handler, request_deserializer=predict_pb2.PredictRequest.FromString,
-                                                  response_serializer=predict_pb2.PredictResponse.SerializeToString)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {"Predict": rpc}),))
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
+        server, _ = await start_echo(port)
         print("ready", flush=True)
         await server.wait_for_termination()
 
@@ -222,7 +228,7 @@ def loadgen_rest(port: int, concurrency: int, duration: float) -> dict:
 def memory_per_request(repo: Path, batch: int, server: str = "engine", rounds: int = 5) -> dict:
     """tracemalloc's peak above the idle level while a server in this process answers one image request
     (the client too, its payload built before tracing starts; gRPC's and TensorFlow's C buffers are not
-    Python's). ``server``: "engine", or "echo" for what gRPC's own receive costs (serve_echo's handler)."""
+    Python's). ``server``: "engine", or "echo" for what gRPC's own receive costs (start_echo)."""
     import asyncio
     import tracemalloc
 
@@ -233,24 +239,9 @@ def memory_per_request(repo: Path, batch: int, server: str = "engine", rounds: i
 
     data = image_payload(batch)
     if server == "echo":
-        from tensorflow_serving.apis import predict_pb2
-
         loop = asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, daemon=True).start()
-
-        async def handler(request, context):
-            return predict_pb2.PredictResponse()
-
-        async def start() -> tuple:
-            echo = grpc.aio.server(options=[("grpc.max_receive_message_length", (1 << 31) - 1)])
-            rpc = grpc.unary_unary_rpc_method_handler(handler, request_deserializer=predict_pb2.PredictRequest.FromString,
-                                                      response_serializer=predict_pb2.PredictResponse.SerializeToString)
-            echo.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {"Predict": rpc}),))
-            port = echo.add_insecure_port("127.0.0.1:0")
-            await echo.start()
-            return echo, port
-
-        echo, port = asyncio.run_coroutine_threadsafe(start(), loop).result()
+        echo, port = asyncio.run_coroutine_threadsafe(start_echo(), loop).result()
         stop = lambda: asyncio.run_coroutine_threadsafe(echo.stop(0), loop).result()  # noqa: E731
     else:
         engine = LocalEngine([ModelConfig("image", repo / "image")], grpc_port=0, rest_port=None,

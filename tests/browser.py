@@ -155,21 +155,19 @@ async def _open(chromium: str, url: str, selector: str, width: int, height: int)
 
 def _end_group(process: subprocess.Popen) -> None:
     """End chromium and every helper it started (its own session and process group)."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-        if sig == signal.SIGTERM:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)  # helpers that outlived the main process
-            except ProcessLookupError:
-                pass
-            return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # helpers that outlived the main process, or a main process that hung
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def open_page(chromium: str, path: Path, selector: str = "figure", width: int = 1280, height: int = 1600) -> PageView:
