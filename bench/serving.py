@@ -7,8 +7,8 @@ http.client, closed loop: each worker sends its next request when the answer arr
   echo      grpc.aio server: parses each PredictRequest, answers one fixed PredictResponse (the ceiling)
   engine    the tfship local engine, batching on (max_batch_size 64, batch_timeout_micros 0, one batch
             thread: a batch starts as soon as the batch thread is free and takes every waiting task),
-            TF_ENABLE_ONEDNN_OPTS=0 and TensorFlow threads as the model server chooses them (one each on
-            <= 2 cores; TFSHIP_BENCH_TF_THREADS=N sets intra/inter-op threads to N, 0 leaves them to TensorFlow)
+            TF_ENABLE_ONEDNN_OPTS=0 and TensorFlow threads as the model server chooses them (on <= 2 cores one
+            per op, ops on the calling thread; TFSHIP_BENCH_TF_THREADS=INTRA,INTER sets them, 0 leaves them to TensorFlow)
   tflite    the same engine with --prefer_tflite_model on a version holding model.tflite
   http-echo aiohttp server: parses the JSON body, answers a fixed JSON (the REST ceiling)
 Parts:
@@ -152,12 +152,13 @@ def serve_engine(port: int, rest_port: int, repo: str, tflite: bool) -> None:
     options = BatchingOptions(max_batch_size=64, batch_timeout_micros=int(os.environ.get("TFSHIP_BENCH_TIMEOUT_US", "0")),
                               num_batch_threads=int(os.environ.get("TFSHIP_BENCH_BATCH_THREADS", "1")))
     configs = [ModelConfig(path.name, path) for path in sorted(Path(repo).iterdir()) if path.is_dir()]
-    from tfship.serving.model_server import FEW_CORES
+    from tfship.serving.model_server import auto_threads
 
-    # As tfship-model-server chooses (one thread each on a small machine), unless TFSHIP_BENCH_TF_THREADS says (0: TF's).
-    threads = int(os.environ.get("TFSHIP_BENCH_TF_THREADS", "1" if (os.cpu_count() or 1) <= FEW_CORES else "0"))
-    engine = LocalEngine(configs, grpc_port=port, rest_port=rest_port or None, batching=options, intra_op_threads=threads,
-                         inter_op_threads=threads, load_options=LoadOptions(prefer_tflite=tflite)).start()
+    # As tfship-model-server chooses (model_server.auto_threads), unless TFSHIP_BENCH_TF_THREADS="INTRA,INTER" says (0: TF's).
+    chosen = os.environ.get("TFSHIP_BENCH_TF_THREADS")
+    intra, inter = (int(n) for n in chosen.split(",")) if chosen else auto_threads()
+    engine = LocalEngine(configs, grpc_port=port, rest_port=rest_port or None, batching=options, intra_op_threads=intra,
+                         inter_op_threads=inter, load_options=LoadOptions(prefer_tflite=tflite)).start()
     print("ready", flush=True)
     engine.serve_until_signal(grace=1)
 

@@ -40,7 +40,7 @@ def use_standard_kernels() -> None:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
-FEW_CORES = 2  # at most this many: one TensorFlow thread each unless the flags say otherwise
+FEW_CORES = 2  # at most this many: TensorFlow's ops on the calling thread unless the flags say otherwise (auto_threads)
 
 
 @dataclass(frozen=True)
@@ -122,16 +122,27 @@ class ServerFlags:
         return frozenset(t.strip() for t in self.saved_model_tags.split(",") if t.strip())
 
     def threads(self) -> tuple[int, int]:
-        """(intra, inter): --tensorflow_session_parallelism sets both unless the specific flags do."""
+        """(intra, inter): --tensorflow_session_parallelism sets both unless the specific flags do; neither set: auto_threads."""
         intra = self.tensorflow_intra_op_parallelism or self.tensorflow_session_parallelism
         inter = self.tensorflow_inter_op_parallelism or self.tensorflow_session_parallelism
-        if not intra and not inter and (os.cpu_count() or 1) <= FEW_CORES:
-            # TensorFlow's pool threads spin while they wait and take the cores the request handling
-            # needs: one each serves more requests on a small machine (measured: bench/serving.py).
-            log.info("%d cores: TensorFlow intra/inter-op threads set to 1 (--tensorflow_intra_op_parallelism "
-                     "and --tensorflow_inter_op_parallelism choose otherwise)", os.cpu_count() or 1)
-            return 1, 1
+        if not intra and not inter:
+            return auto_threads()
         return intra, inter
+
+
+def auto_threads() -> tuple[int, int]:
+    """TensorFlow's threads when no flag sets them: (intra-op, inter-op) for each model's Session.
+
+    On FEW_CORES or fewer: one thread per op, and each call's ops on the thread that makes the call (inter-op
+    -1: DirectSession's run_in_caller_thread), so no call waits for a pool thread to wake and TensorFlow's pool
+    threads do not spin on the cores the request handling needs (measured: bench/serving.py). Elsewhere
+    TensorFlow's own choice (0, 0).
+    """
+    if (os.cpu_count() or 1) > FEW_CORES:
+        return 0, 0
+    log.info("%d cores: TensorFlow runs each call's ops on the calling thread, one thread per op "
+             "(--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism choose otherwise)", os.cpu_count() or 1)
+    return 1, -1
 
 
 def model_server_config(flags: ServerFlags) -> Any:

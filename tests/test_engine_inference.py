@@ -21,8 +21,8 @@ from tensorflow_serving.apis import classification_pb2, inference_pb2, regressio
 from tfship.serving.local_engine import predict  # noqa: E402
 from tfship.serving.local_engine.errors import EngineError  # noqa: E402
 from tfship.serving.local_engine.inference import classify, multi_inference, multi_inference_model_spec, regress  # noqa: E402
-from tfship.serving.local_engine.models import Servable, _signature_entries  # noqa: E402
-from tfship.serving.local_engine.tf1_session import is_tf1_saved_model, load_tf1  # noqa: E402
+from tfship.serving.local_engine.models import Servable  # noqa: E402
+from tfship.serving.local_engine.session import is_tf1_saved_model, load_session  # noqa: E402
 
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"
@@ -147,7 +147,7 @@ def tf1_model(tmp_path_factory):
     # The SavedModel must use its own copy of the assets, not the files it was built from.
     for leftover in (root / "original" / "export" / "assets").iterdir():
         leftover.unlink()
-    model, signatures = load_tf1(export_dir, {"serve"})
+    model, signatures = load_session(export_dir, {"serve"})
     yield export_dir, model, Servable("half_plus_two", 1, export_dir, model, signatures)
     model.close()
 
@@ -160,8 +160,9 @@ def tf2_model(tmp_path_factory):
         "serving_default": module.regress, "classify": module.classify, "regress": module.regress,
         "other_alias": module.other_alias, "int_outputs": module.int_outputs, "first_only": module.first_only,
         "float_classes": module.float_classes, "flat_scores": module.flat_scores})
-    loaded = tf.saved_model.load(str(export_dir))
-    return export_dir, Servable("tf2_half_plus_two", 7, export_dir, loaded, _signature_entries(loaded, export_dir))
+    model, signatures = load_session(export_dir, {"serve"})  # as the engine loads every SavedModel
+    yield export_dir, Servable("tf2_half_plus_two", 7, export_dir, model, signatures)
+    model.close()
 
 
 def example(**features: float):
@@ -254,7 +255,7 @@ def test_a_tf1_era_saved_model_that_tf_saved_model_load_rejects_runs_in_a_sessio
     with pytest.raises(ValueError, match="Shapes must be equal rank, but are 2 and 0"):
         tf.saved_model.load(str(export_dir))
     assert is_tf1_saved_model(export_dir) is True
-    model, signatures = load_tf1(export_dir, {"serve"})
+    model, signatures = load_session(export_dir, {"serve"})
     try:
         assert signatures["regress_x_to_y"].inputs["inputs"].shape is None  # not recorded: unknown, not a scalar
         servable = Servable("half_plus_three", 1, export_dir, model, signatures)
@@ -269,7 +270,7 @@ def test_tags_that_match_no_meta_graph_are_refused_with_tensorflows_message(tf1_
     export_dir = tf1_model[0]
     # tensorflow/cc/saved_model/reader.cc FindMetaGraphDef: exact set equality, this message.
     with pytest.raises(ValueError) as caught:
-        load_tf1(export_dir, {"serve", "gpu"})
+        load_session(export_dir, {"serve", "gpu"})
     assert str(caught.value) == ("Could not find meta graph def matching supplied tags: { gpu serve }. To inspect available "
                                  "tag-sets in the SavedModel, please use the SavedModel CLI: `saved_model_cli`")
 

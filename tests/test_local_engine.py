@@ -80,6 +80,12 @@ def test_official_stubs_predict_metadata_status(served):
     metadata.metadata["signature_def"].Unpack(signatures)
     signature = signatures.signature_def["serving_default"]
     assert list(signature.inputs) == ["image"] and list(signature.outputs) == ["probabilities"]
+    # get_model_metadata_impl.cc, SavedModelGetSignatureDef: every SignatureDef of the served MetaGraph is copied,
+    # a TF2 export's __saved_model_init_op (tensorflow/cc/saved_model/constants.h) among them.
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    stored = saved_model_pb2.SavedModel.FromString((served["repo"] / "digits" / "2" / "saved_model.pb").read_bytes())
+    assert set(signatures.signature_def) == set(stored.meta_graphs[0].signature_def) == {"serving_default", "__saved_model_init_op"}
     assert [d.size for d in signature.inputs["image"].tensor_shape.dim] == [-1, 8, 8, 1]
 
     status_request = get_model_status_pb2.GetModelStatusRequest()

@@ -208,7 +208,9 @@ def test_the_command_takes_tf_serving_flags_and_serves_on_a_unix_socket(models, 
                "--grpc_max_threads=16", "--enable_model_warmup=true", "--num_request_iterations_for_warmup=2",
                "--enable_grpc_healthcheck_service", "--enable_signature_method_name_check=false",
                "--max_num_load_retries=0", "--load_retry_interval_micros=0", "--tensorflow_intra_op_parallelism=1",
-               "--tensorflow_inter_op_parallelism=1", "--xla_cpu_compilation_enabled=true",
+               # main.cc's flag is an int64 that TF Serving puts in the SessionConfig as is; negative: DirectSession
+               # runs each call's ops on the calling thread.
+               "--tensorflow_inter_op_parallelism=-1", "--xla_cpu_compilation_enabled=true",
                "--per_process_gpu_memory_fraction=0.5", "--tfship_drain_seconds=5"]
     with log.open("wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -346,6 +348,40 @@ def test_require_golden_keeps_a_version_that_disagrees_with_its_golden_set_out_o
         assert status == 503 and "does not reproduce" in body["models"]["altered"]["reason"]
     finally:
         engine.stop(grace=1)
+
+
+def test_require_golden_replays_through_the_models_own_signature_when_it_has_no_serving_default(tmp_path):
+    """A TF2 SavedModel lists its init op among its SignatureDefs (as TF Serving's metadata shows it), before or
+    after the others; a version whose one signature is not serving_default replays its golden set through that
+    signature, never the init op."""
+    import tensorflow as tf
+
+    from tfship.serving.local_engine.models import Servable, check_golden
+    from tfship.serving.local_engine.session import load_session
+
+    class Doubler(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        def double(self, x):
+            return {"y": x * 2.0}
+
+    module = Doubler()
+    version = tmp_path / "models" / "doubler" / "1"
+    tf.saved_model.save(module, str(version), signatures={"double": module.double})
+    x = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    np.savez(version / "golden.npz", **{"inputs/x": x, "outputs/y": x * 2.0})
+    engine, _ = _engine(tmp_path, {"doubler": version.parent}, require_golden=True)
+    try:
+        (state,) = engine.core.manager.status("doubler")
+        assert (state.state, state.error_message) == ("AVAILABLE", "")
+        assert sorted(state.servable.signatures) == ["__saved_model_init_op", "double"]
+    finally:
+        engine.stop(grace=1)
+    model, entries = load_session(version, {"serve"})
+    try:
+        for order in (["__saved_model_init_op", "double"], ["double", "__saved_model_init_op"]):
+            check_golden(Servable("doubler", 1, version, model, {key: entries[key] for key in order}))
+    finally:
+        model.close()
 
 
 @pytest.mark.slow

@@ -38,9 +38,10 @@ def _serve_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--ssl-ca", type=click.Path(path_type=Path), help="CA of client certificates (mTLS)."),
         click.option("--ssl-client-verify", is_flag=True, help="Require client certificates."),
         click.option("--tensorflow-intra-op-parallelism", "intra_op_threads", type=click.IntRange(0), default=0,
-                     help="Threads per TensorFlow op (0: TensorFlow's default; 1 often serves small models faster)."),
-        click.option("--tensorflow-inter-op-parallelism", "inter_op_threads", type=click.IntRange(0), default=0,
-                     help="Ops run in parallel (0: TensorFlow's default)."),
+                     help="Threads per TensorFlow op (0: auto, 1 on 2 cores or fewer, else TensorFlow's default)."),
+        click.option("--tensorflow-inter-op-parallelism", "inter_op_threads", type=int, default=0,
+                     help="Ops run in parallel (0: auto, -1 on 2 cores or fewer, else TensorFlow's default; "
+                          "-1: each call's ops on the calling thread)."),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -2,8 +2,8 @@
 
 - Versions come from all-digit directories under each model's base_path (``00000123`` is version 123,
   as in TF Serving), filtered by the version policy (latest N, all, specific), re-scanned every ``poll_seconds``.
-- A version is a SavedModel (TF2 objects through ``tf.saved_model.load``, TF1 graphs in a Session, as
-  TF Serving runs them) or a ``model.tflite`` (TF Serving's ``--prefer_tflite_model`` rule).
+- A version is a SavedModel (TF1 graph or TF2 export, loaded into a Session and run by tensor names, as
+  TF Serving runs them: session.py) or a ``model.tflite`` (TF Serving's ``--prefer_tflite_model`` rule).
 - Availability preserving: a version leaves only when the versions that replace it are ready; a
   version that fails to verify, load or warm up ends in END with its error, and the old one keeps serving.
 - Unversioned requests go to the highest AVAILABLE version; labels map to versions.
@@ -86,15 +86,11 @@ class InputSpec:
 @dataclass
 class SignatureEntry:
     key: str
-    fn: Any
+    fn: Any  # numpy arrays by alias in, numpy arrays by alias out (a Session's signature, a TFLite interpreter's)
     inputs: dict[str, InputSpec]
     outputs: dict[str, InputSpec]
     method_name: str
     proto: Any  # tensorflow.SignatureDef, for GetModelMetadata
-    # A TF2 signature's inputs in the order its graph takes them (see flat_inputs), or None: called by keyword.
-    flat_inputs: tuple[str, ...] | None = None
-    # ``fn`` takes numpy arrays by alias (a Session's signature): no tensors are made for the call.
-    numpy_inputs: bool = False
 
     @property
     def input_order(self) -> list[str]:
@@ -149,68 +145,6 @@ def configs_from_proto(config: Any) -> list[ModelConfig]:
     return result
 
 
-def _stored_signature_defs(path: Path) -> dict[str, Any]:
-    """The SignatureDefs as written in saved_model.pb (method names, tensor names), for metadata."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    try:
-        saved_model = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
-    except Exception:  # the loader has already accepted the file; fall back to what it exposes
-        return {}
-    for meta_graph in saved_model.meta_graphs:
-        if "serve" in meta_graph.meta_info_def.tags:
-            return dict(meta_graph.signature_def)
-    return dict(saved_model.meta_graphs[0].signature_def) if saved_model.meta_graphs else {}
-
-
-def _signature_entries(loaded: Any, path: Path) -> dict[str, SignatureEntry]:
-    from tensorflow.core.protobuf import meta_graph_pb2
-
-    stored = _stored_signature_defs(path)
-    entries = {}
-    for key, fn in loaded.signatures.items():
-        _, kwargs = fn.structured_input_signature
-        inputs = {n: InputSpec(n, s.dtype, None if s.shape.rank is None else tuple(s.shape.as_list())) for n, s in kwargs.items()}
-        outputs = {n: InputSpec(n, s.dtype, None if s.shape.rank is None else tuple(s.shape.as_list())) for n, s in fn.structured_outputs.items()}
-        if key in stored:
-            proto = meta_graph_pb2.SignatureDef()
-            proto.CopyFrom(stored[key])
-        else:
-            proto = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
-            for target, specs in ((proto.inputs, inputs), (proto.outputs, outputs)):
-                for name, spec in specs.items():
-                    info = target[name]
-                    info.name = f"{key}_{name}:0"
-                    info.dtype = spec.dtype.as_datatype_enum
-                    if spec.shape is None:
-                        info.tensor_shape.unknown_rank = True
-                    else:
-                        for d in spec.shape:
-                            info.tensor_shape.dim.add(size=-1 if d is None else d)
-        entries[key] = SignatureEntry(key, fn, inputs, outputs, proto.method_name or "tensorflow/serving/predict", proto,
-                                      flat_inputs=flat_inputs(fn, set(kwargs)))
-    return entries
-
-
-def flat_inputs(fn: Any, names: set[str]) -> tuple[str, ...] | None:
-    """The order in which a loaded signature's graph takes its inputs, so that a call can skip the keyword binding.
-
-    Calling ``fn(**tensors)`` binds the keywords to the function's type and casts each tensor to its spec in
-    Python, a third of a small model's call here; TF Serving feeds the graph's inputs directly (Session::Run
-    by tensor name). ``function_type.parameters`` is TensorFlow's own order for the flat call. None (call by
-    keyword) when anything about the function is not as expected.
-    """
-    try:
-        order = tuple(fn.function_type.parameters)
-        explicit = len(fn.inputs) - len(fn.captured_inputs)
-        callable_flat = callable(getattr(fn, "_call_flat", None))
-    except (AttributeError, TypeError):
-        return None
-    if not callable_flat or set(order) != names or len(order) != len(names) or explicit != len(order):
-        return None
-    return order
-
-
 def _golden_tolerance(path: Path, tflite: bool) -> Any:
     """The tolerance the export proved this artifact against (manifest.json's parity entry), else 1e-5."""
     import json
@@ -236,6 +170,7 @@ def check_golden(servable: Servable) -> None:
     from tfship.client.compare import compare_outputs
     from tfship.core.errors import TfshipError
     from tfship.core.samples import load_npz, split_golden
+    from tfship.exporter.inspection import INIT_OP_SIGNATURE
     from tfship.serving.local_engine import predict
 
     path = servable.path / "golden.npz"
@@ -246,7 +181,9 @@ def check_golden(servable: Servable) -> None:
         inputs, expected = split_golden(load_npz(path, "golden set"))
     except TfshipError as exc:
         raise EngineError(grpc.StatusCode.FAILED_PRECONDITION, f"--require_golden: {exc.message}") from None
-    entry = servable.signatures.get(predict.DEFAULT_SIGNATURE) or next(iter(servable.signatures.values()), None)
+    # Else the first signature that computes something (a TF2 export's init op is listed too, as TF Serving lists it).
+    entry = servable.signatures.get(predict.DEFAULT_SIGNATURE) or next(
+        (e for key, e in sorted(servable.signatures.items()) if key != INIT_OP_SIGNATURE), None)
     if entry is None:
         raise EngineError(grpc.StatusCode.FAILED_PRECONDITION, f"--require_golden: {servable.path} has no signature")
     # A TFLite servable names its tensors as TF Serving does (serving_default_x): match them to the golden names,
@@ -407,8 +344,9 @@ class ModelManager:
                         del states[version]
                     unloaded = True
         if unloaded:
-            # A TF2 SavedModel's functions hold reference cycles: collect them now, not at some later
-            # allocation, so the memory of an unloaded version is given back (bench/serving.py --parts memory).
+            # A loaded version's Graph and its functions hold reference cycles: collect them now, not at some later
+            # allocation, so the Session closes and the memory of an unloaded version is given back (bench/serving.py
+            # --parts memory). A request still running on it holds it until it answers.
             gc.collect()
 
     def _load(self, config: ModelConfig, version: int, path: Path) -> None:
@@ -482,8 +420,8 @@ class ModelManager:
                     raise
 
     def _load_servable(self, path: Path) -> tuple[Any, dict[str, SignatureEntry]]:
-        """A SavedModel (TF2 objects, or a TF1 graph in a Session as TF Serving runs it) or a model.tflite."""
-        from tfship.serving.local_engine import tf1_session, tflite_servable
+        """A SavedModel in a Session, as TF Serving runs it (TF1 graph or TF2 export), or a model.tflite."""
+        from tfship.serving.local_engine import session, tflite_servable
 
         options = self.options
         try:
@@ -492,13 +430,8 @@ class ModelManager:
             only_tflite = tflite_servable.has_tflite(path) and not tflite_servable.has_saved_model(path)
             if only_tflite or tflite_servable.choose_format(path, options.prefer_tflite) == "tflite":
                 return tflite_servable.load_tflite(path)
-            if tf1_session.is_tf1_saved_model(path):
-                return tf1_session.load_tf1(path, set(options.tags), intra_op_threads=options.intra_op_threads,
-                                            inter_op_threads=options.inter_op_threads)
-            import tensorflow as tf
-
-            loaded = tf.saved_model.load(str(path), tags=sorted(options.tags))
-            return loaded, _signature_entries(loaded, path)
+            return session.load_session(path, set(options.tags), intra_op_threads=options.intra_op_threads,
+                                        inter_op_threads=options.inter_op_threads)
         except EngineError:
             raise
         except Exception as exc:

@@ -139,27 +139,6 @@ def onednn_enabled() -> bool:
         return True
 
 
-def as_tensor(value: np.ndarray) -> Any:
-    """An eager tensor of ``value`` without the copy ``tf.constant`` makes of every numpy array.
-
-    ``tf.constant`` copies its array first (constant_op.convert_to_eager_tensor: ``value.copy()``),
-    a second copy of every request's tensor on top of the one TensorFlow makes into its own buffer. The
-    arrays here were decoded for this call and nothing else holds them, so the copy buys nothing.
-    Falls back to ``tf.constant`` where TensorFlow's internals differ.
-    """
-    import tensorflow as tf
-
-    try:
-        from tensorflow.python.eager import context
-        from tensorflow.python.framework import ops
-
-        ctx = context.context()
-        ctx.ensure_initialized()
-        return ops.EagerTensor(value, ctx.device_name, None)
-    except Exception:  # TensorFlow's private API: any change there means the public path
-        return tf.constant(value)
-
-
 def run_signature(entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Call the signature; a failure on inputs whose shapes the signature does not declare is explained."""
     import tensorflow as tf
@@ -169,13 +148,7 @@ def run_signature(entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[
         if problem:
             raise invalid(problem)
     try:
-        if entry.numpy_inputs:
-            result = entry.fn(**arrays)
-        elif entry.flat_inputs is not None and len(arrays) == len(entry.flat_inputs):
-            # The graph's inputs in its own order (models.flat_inputs); dtypes were checked when decoding.
-            result = entry.fn._call_flat([as_tensor(arrays[name]) for name in entry.flat_inputs], entry.fn.captured_inputs)
-        else:
-            result = entry.fn(**{name: as_tensor(value) for name, value in arrays.items()})
+        result = entry.fn(**arrays)  # numpy arrays by alias: a Session's signature or a TFLite interpreter's
     except tf.errors.InvalidArgumentError as exc:
         raise invalid(explain_shapes(entry, arrays) or first_line(exc.message) or "invalid argument") from None
     except tf.errors.ResourceExhaustedError as exc:

@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +63,12 @@ class TlsOptions:
 
 
 def _set_tensorflow_threads(intra: int, inter: int) -> None:
-    """TF Serving's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism.
+    """TF Serving's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism, for TensorFlow's eager
+    context (each model's Session takes them from LoadOptions).
 
     For small models one thread each serves more requests: TensorFlow's pool threads spin while
-    waiting and take CPU from the request handling.
+    waiting and take CPU from the request handling. The eager context has no caller's-thread mode: a
+    negative inter-op setting (a Session's) is one thread there.
     """
     import tensorflow as tf
 
@@ -74,7 +76,7 @@ def _set_tensorflow_threads(intra: int, inter: int) -> None:
         if intra:
             tf.config.threading.set_intra_op_parallelism_threads(intra)
         if inter:
-            tf.config.threading.set_inter_op_parallelism_threads(inter)
+            tf.config.threading.set_inter_op_parallelism_threads(max(1, inter))
     except RuntimeError:  # TensorFlow already ran ops in this process; its pools are fixed now
         log.warning("TensorFlow thread settings not applied: set them before any model is loaded")
 
@@ -85,8 +87,11 @@ class LocalEngine:
                  batching: BatchingOptions | None = None, poll_seconds: float = 1.0, tls: TlsOptions | None = None,
                  intra_op_threads: int = 0, inter_op_threads: int = 0, rest_limits: RestLimits | None = None,
                  load_options: LoadOptions | None = None, grpc_options: GrpcOptions | None = None) -> None:
+        load_options = load_options or LoadOptions()
         if intra_op_threads or inter_op_threads:
             _set_tensorflow_threads(intra_op_threads, inter_op_threads)
+            if not (load_options.intra_op_threads or load_options.inter_op_threads):  # each model's Session alike
+                load_options = replace(load_options, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads)
         self.host = host
         self.core = EngineCore(configs, verifier=verifier, batching=batching, poll_seconds=poll_seconds, options=load_options)
         self._grpc_options = grpc_options or GrpcOptions()

@@ -1,16 +1,25 @@
-"""TF1 SavedModels loaded as TF Serving loads them: into a Session, signatures run by tensor names.
+"""SavedModels loaded as TF Serving loads them: into a Session, signatures run by tensor names.
 
-``tf.saved_model.load`` re-imports a TF1 graph as functions (load_v1_in_v2) and sets the signature's
-TensorInfo shapes on its tensors, so it fails on graphs that a Session runs fine (TF1-era exports whose
-TensorInfos carry no shape: read as scalars, "Shapes must be equal rank, but are 2 and 0"). TF Serving's LoadSavedModel picks the MetaGraph whose tags equal the requested set,
-restores the variables into a Session, runs the main_op (or legacy_init_op) with the asset paths fed,
-and runs each SignatureDef by the tensor names it lists. This module does the same with
-``tf.compat.v1.saved_model.loader.load``.
+TF Serving loads every SavedModel, TF1 graph or TF2 export, with LoadSavedModel: the MetaGraph whose tags
+equal the requested set, its variables restored into a Session, its init op (``__saved_model_init_op``,
+main_op or legacy_init_op) run with the asset paths fed. Predict then runs the SignatureDef's tensors by
+the names it lists (Session::Run), and GetModelMetadata copies every SignatureDef of that MetaGraph
+(get_model_metadata_impl.cc, SavedModelGetSignatureDef). This module does the same with TensorFlow's
+SavedModel loader for Sessions.
+
+Two things make this the engine's way for TF2 exports too, not only for TF1 graphs:
+- ``tf.saved_model.load`` re-imports a TF1 graph as functions (load_v1_in_v2) and sets the signature's
+  TensorInfo shapes on its tensors, so it fails on graphs that a Session runs fine (TF1-era exports whose
+  TensorInfos carry no shape: read as scalars, "Shapes must be equal rank, but are 2 and 0").
+- A Session callable runs a small model's signature for a fraction of an eager signature call's CPU
+  (bench/serving.py; the figures are in the performance notes), and with
+  ``inter_op_parallelism_threads`` below 0 its ops run on the calling thread, with no hand-off to a pool.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,15 +36,15 @@ def _read_saved_model(path: Path) -> Any:
     return loader_impl.parse_saved_model(str(path))
 
 
-def is_tf1_saved_model(path: Path) -> bool:
-    """True when ``tf.saved_model.load`` would fall back to load_v1_in_v2 for ``path``.
-
-    TF's rule (tensorflow/python/saved_model/load.py, ``load_partial``): a SavedModel is loaded as TF2
-    objects only if it holds exactly one MetaGraph and that MetaGraph has an ``object_graph_def``;
-    anything else goes through load_v1_in_v2.
-    """
-    saved_model = _read_saved_model(Path(path))
+def _written_by_tf1(saved_model: Any) -> bool:
+    """TF's rule (tensorflow/python/saved_model/load.py, ``load_partial``): a SavedModel holds TF2 objects
+    only if it has exactly one MetaGraph and that MetaGraph has an ``object_graph_def``."""
     return not (len(saved_model.meta_graphs) == 1 and saved_model.meta_graphs[0].HasField("object_graph_def"))
+
+
+def is_tf1_saved_model(path: Path) -> bool:
+    """True when ``tf.saved_model.load`` would fall back to load_v1_in_v2 for ``path`` (a TF1 graph)."""
+    return _written_by_tf1(_read_saved_model(Path(path)))
 
 
 def tags_not_found_message(tags: Iterable[str]) -> str:
@@ -65,6 +74,15 @@ def _as_array(value: Any) -> Any:
     return np.asarray(value)
 
 
+def _as_output(value: Any) -> Any:
+    """A fetched tensor as an array: the Session gives a scalar as a numpy scalar, or as bytes for a string."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return value
+    return np.array(value, dtype=object) if isinstance(value, bytes) else np.asarray(value)
+
+
 def status_message(message: str) -> str:
     """The runtime's own status text, which TF Serving answers with.
 
@@ -80,8 +98,8 @@ def status_message(message: str) -> str:
     return message
 
 
-class TF1Model:
-    """Owns the Graph and Session of one loaded TF1 SavedModel; ``close()`` releases them."""
+class SessionModel:
+    """Owns the Graph and Session of one loaded SavedModel; ``close()`` releases them."""
 
     def __init__(self, path: Path, graph: Any, session: Any, meta_graph: Any) -> None:
         self.path = path
@@ -95,15 +113,23 @@ class TF1Model:
             self._closed = True
             self.session.close()
 
-    def __enter__(self) -> TF1Model:
+    def __enter__(self) -> SessionModel:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def signature_fn(self, key: str, signature: Any) -> Any:
-        """A callable taking the signature's inputs by alias and returning its outputs by alias (numpy)."""
+        """A callable taking the signature's inputs by alias and returning its outputs by alias (numpy).
+
+        Runs as TF Serving's Predict runs a signature: Session::Run with the request's tensors fed by the
+        signature's tensor names, as sent. A Session callable (``_make_callable_from_options``: one per set
+        of fed inputs, made on first use) feeds them through TensorFlow's C API with no check in Python;
+        ``Session.run`` refuses, before any op runs, a shape the placeholder does not declare ("Cannot feed
+        value of shape", tensorflow/python/client/session.py), which TF Serving's Session runs.
+        """
         import tensorflow as tf
+        from tensorflow.core.protobuf import config_pb2
 
         feeds = {alias: info.name for alias, info in signature.inputs.items()}
         fetch_aliases = sorted(signature.outputs)
@@ -111,8 +137,19 @@ class TF1Model:
         unsupported = [alias for alias, info in [*signature.inputs.items(), *signature.outputs.items()]
                        if info.WhichOneof("encoding") != "name"]
         session = self.session
-        order = sorted(feeds)
-        fast = session.make_callable(fetches, [feeds[alias] for alias in order]) if not unsupported else None
+        make: Any = getattr(session, "_make_callable_from_options", None)  # TensorFlow's private API: absent, Session.run
+        callables: dict[tuple[str, ...], Any] = {}
+        lock = threading.Lock()
+
+        def callable_for(aliases: tuple[str, ...]) -> Any:
+            found = callables.get(aliases)
+            if found is None:
+                with lock:
+                    found = callables.get(aliases)
+                    if found is None:
+                        options = config_pb2.CallableOptions(feed=[feeds[alias] for alias in aliases], fetch=fetches)
+                        found = callables[aliases] = make(options)
+            return found
 
         def run(**inputs: Any) -> dict[str, Any]:
             if unsupported:
@@ -120,30 +157,34 @@ class TF1Model:
                 # and fetches by ``name`` only, so such signatures cannot be served there either.
                 raise tf.errors.UnimplementedError(None, None, f"signature '{key}': tensors {sorted(unsupported)} are "
                                                                "sparse or composite; only dense tensors are supported")
-            unknown = sorted(set(inputs) - set(feeds))
-            if unknown:
-                raise TypeError(f"signature '{key}' got unexpected inputs {unknown}; it takes {sorted(feeds)}")
+            if not inputs.keys() <= feeds.keys():
+                raise TypeError(f"signature '{key}' got unexpected inputs {sorted(inputs.keys() - feeds.keys())}; "
+                                f"it takes {sorted(feeds)}")
             try:
-                if fast is not None and inputs.keys() == feeds.keys():  # every input: the callable built once
-                    values = fast(*[_as_array(inputs[alias]) for alias in order])
+                if make is not None:
+                    aliases = tuple(sorted(inputs))
+                    values = callable_for(aliases)(*[_as_array(inputs[alias]) for alias in aliases])
                 else:
                     values = session.run(fetches, feed_dict={feeds[alias]: _as_array(value) for alias, value in inputs.items()})
             except tf.errors.OpError as exc:
                 raise type(exc)(exc.node_def, exc.op, status_message(exc.message)) from None
-            return dict(zip(fetch_aliases, values))
+            return {alias: _as_output(value) for alias, value in zip(fetch_aliases, values)}
 
         return run
 
 
-def load_tf1(path: Path, tags: set[str], *, intra_op_threads: int = 0,
-             inter_op_threads: int = 0) -> tuple[TF1Model, dict[str, SignatureEntry]]:
+def load_session(path: Path, tags: set[str], *, intra_op_threads: int = 0,
+                 inter_op_threads: int = 0) -> tuple[SessionModel, dict[str, SignatureEntry]]:
     """Load the MetaGraph tagged exactly ``tags`` into a Session of its own Graph.
 
-    Runs what TF Serving's loader runs: variables restored, the main_op or legacy_init_op (table
-    initializers, assets fed from the SavedModel's assets/ folder). Raises ValueError with TF's
-    message when no MetaGraph has exactly these tags.
+    Runs what TF Serving's loader runs: variables restored, the init op (``__saved_model_init_op``, main_op or
+    legacy_init_op: table initializers, assets fed from the SavedModel's assets/ folder). Raises ValueError with TF's
+    message when no MetaGraph has exactly these tags. ``inter_op_threads`` below 0 runs each call's ops
+    on the calling thread (DirectSession's run_in_caller_thread), as it does for TF Serving's
+    --tensorflow_inter_op_parallelism.
     """
     import tensorflow as tf
+    from tensorflow.python.saved_model import loader_impl
 
     path = Path(path)
     wanted = set(tags)
@@ -157,14 +198,14 @@ def load_tf1(path: Path, tags: set[str], *, intra_op_threads: int = 0,
     session = tf.compat.v1.Session(graph=graph, config=config)
     try:
         with graph.as_default():
-            meta_graph = tf.compat.v1.saved_model.loader.load(session, sorted(wanted), str(path))
+            meta_graph = loader_impl.SavedModelLoader(str(path)).load(session, sorted(wanted))
         # Serving only runs the graph: nothing may add ops to it from now on (and Session.run is
         # thread-safe on a finalized graph).
         graph.finalize()
     except BaseException:
         session.close()
         raise
-    model = TF1Model(path, graph, session, meta_graph)
+    model = SessionModel(path, graph, session, meta_graph)
 
     from tensorflow.core.protobuf import meta_graph_pb2
 
@@ -179,7 +220,7 @@ def load_tf1(path: Path, tags: set[str], *, intra_op_threads: int = 0,
             outputs={alias: _spec(alias, info) for alias, info in proto.outputs.items()},
             method_name=proto.method_name,
             proto=proto,
-            numpy_inputs=True,
         )
-    log.info("loaded TF1 SavedModel %s (tags %s) into a Session: %d signatures", path, sorted(wanted), len(entries))
+    log.info("loaded %s SavedModel %s (tags %s) into a Session: %d signatures", "TF1" if _written_by_tf1(saved_model) else "TF2",
+             path, sorted(wanted), len(entries))
     return model, entries
