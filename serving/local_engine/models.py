@@ -145,6 +145,22 @@ def configs_from_proto(config: Any) -> list[ModelConfig]:
     return result
 
 
+def _return_freed_memory() -> None:
+    """Hand the heap memory an unloaded version freed back to the system (glibc's malloc_trim).
+
+    glibc keeps freed memory in its arenas for reuse instead of returning it to the system. Measured with 3
+    versions of a 5M-parameter model served, RSS grew from 841 to 1,057 MB over 50 reloads without the trim,
+    and stayed at 819-857 MB with it (bench/serving.py --parts memory).
+    Other C libraries lack the call: nothing to do there.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):
+        pass
+
+
 def _golden_tolerance(path: Path, tflite: bool) -> Any:
     """The tolerance the export proved this artifact against (manifest.json's parity entry), else 1e-5."""
     import json
@@ -348,6 +364,7 @@ class ModelManager:
             # allocation, so the Session closes and the memory of an unloaded version is given back (bench/serving.py
             # --parts memory). A request still running on it holds it until it answers.
             gc.collect()
+            _return_freed_memory()
 
     def _load(self, config: ModelConfig, version: int, path: Path) -> None:
         if self._metrics:
