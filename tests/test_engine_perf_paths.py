@@ -1,5 +1,6 @@
 """The engine's fast paths give the answers of the plain ones: tensor_content read from the wire bytes
-(no copy), the batcher's callbacks and its run on the loop when the engine is idle."""
+(no copy), request arrays fed to the model's Session as they are (no copy), the batcher's callbacks and its
+run on the loop when the engine is idle."""
 
 from __future__ import annotations
 
