@@ -118,8 +118,7 @@ def _run(run: Runner, entry: SignatureEntry, alias: str, examples: np.ndarray) -
     if dtype != tf.string:
         # What a Session answers when a string tensor is fed where the graph wants another type.
         raise invalid(f"Expects arg[0] to be {tf_type_name(dtype.name)} but string is provided")
-    outputs = run(entry, {alias: examples})
-    return {name: value.numpy() if hasattr(value, "numpy") else np.asarray(value) for name, value in outputs.items()}
+    return run(entry, {alias: examples})
 
 
 # -- outputs --------------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def run_signature(entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[
             raise invalid(problem) from None
         message = getattr(exc, "message", None) or str(exc)
         raise EngineError(grpc.StatusCode.INTERNAL, first_line(message, 500) if message else type(exc).__name__) from None
-    return {name: value if isinstance(value, np.ndarray) else value.numpy() for name, value in result.items()}
+    return result
 
 
 def batch_size(arrays: dict[str, np.ndarray]) -> int | None:

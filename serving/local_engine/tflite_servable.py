@@ -227,7 +227,7 @@ def _shape_error(resized: dict[str, tuple[_Tensor, np.ndarray]], exc: Exception)
 
 
 class _SignatureFunction:
-    """``fn(**inputs)`` of a SignatureEntry: tensors or arrays by alias in, numpy arrays by alias out."""
+    """``fn(**inputs)`` of a SignatureEntry: numpy arrays by alias in and out."""
 
     def __init__(self, model: TfLiteModel, key: str, inputs: dict[str, _Tensor], outputs: dict[str, _Tensor]) -> None:
         self.model = model
@@ -241,7 +241,7 @@ class _SignatureFunction:
         feeds = {}
         for alias, value in values.items():
             tensor = self.inputs[alias]
-            array = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+            array = np.asarray(value)
             want = tensor.dtype.as_numpy_dtype
             if tensor.dtype.name == "string":
                 if array.dtype.kind not in "OSU":
