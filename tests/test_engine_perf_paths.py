@@ -15,7 +15,7 @@ tf = pytest.importorskip("tensorflow")
 
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
-from tfship.core.codec import CodecError, bfloat16, tensor_contents, to_ndarray, to_tensor_proto  # noqa: E402
+from tfship.core.codec import CodecError, bfloat16, split_tensor_contents, to_ndarray, to_tensor_proto  # noqa: E402
 from tfship.serving.config import BatchingOptions  # noqa: E402
 from tfship.serving.local_engine import LocalEngine, ModelConfig  # noqa: E402
 from tfship.serving.local_engine.grpc_service import ZERO_COPY_BYTES  # noqa: E402
@@ -39,12 +39,13 @@ def test_tensor_content_views_round_trip_every_dtype_without_a_copy(dtype):
     value = (rng.random((3, 5, 2)) * 100).astype(dtype)
     other = np.arange(7, dtype=np.int32)
     data = request_with({"a": value, "b": other})
-    views = tensor_contents(data, 2)
-    parsed = predict_pb2.PredictRequest.FromString(data)
+    stripped, views = split_tensor_contents(data, 2)
+    parsed = predict_pb2.PredictRequest.FromString(stripped)
+    assert len(stripped) < len(data) - value.nbytes - other.nbytes  # the parsed message holds no tensor bytes
     decoded = to_ndarray(parsed.inputs["a"], views["a"])
     assert decoded.dtype == np.dtype(dtype) and decoded.shape == value.shape
     np.testing.assert_array_equal(decoded, value)
-    np.testing.assert_array_equal(decoded, to_ndarray(parsed.inputs["a"]))  # same as from the parsed field
+    np.testing.assert_array_equal(decoded, to_ndarray(predict_pb2.PredictRequest.FromString(data).inputs["a"]))  # as from the field
     np.testing.assert_array_equal(to_ndarray(parsed.inputs["b"], views["b"]), other)
     assert np.shares_memory(decoded, np.frombuffer(data, np.uint8))  # a view into the request's bytes
 
@@ -96,22 +97,66 @@ def test_request_tensors_reach_the_session_as_they_are_without_a_copy(identities
         assert np.shares_memory(entry.fn(x=large)["y"], large)
 
 
+def without_contents(data: bytes) -> predict_pb2.PredictRequest:
+    """What protobuf itself parses from ``data``, tensor_content cleared."""
+    parsed = predict_pb2.PredictRequest.FromString(data)
+    for tensor in parsed.inputs.values():
+        tensor.ClearField("tensor_content")
+    return parsed
+
+
 def test_tensor_contents_follow_protobufs_merge_rules():
     first = request_with({"x": np.array([1.0, 2.0], np.float32)})
     second = request_with({"x": np.array([5.0, 6.0], np.float32)})
     # Concatenated messages merge: a map key given twice keeps its last entry, as the parser does.
     data = first + second
     parsed = predict_pb2.PredictRequest.FromString(data)
-    np.testing.assert_array_equal(to_ndarray(parsed.inputs["x"], tensor_contents(data, 2)["x"]), to_ndarray(parsed.inputs["x"]))
-    np.testing.assert_array_equal(to_ndarray(parsed.inputs["x"], tensor_contents(data, 2)["x"]), [5.0, 6.0])
+    stripped, views = split_tensor_contents(data, 2)
+    np.testing.assert_array_equal(to_ndarray(parsed.inputs["x"], views["x"]), to_ndarray(parsed.inputs["x"]))
+    np.testing.assert_array_equal(to_ndarray(parsed.inputs["x"], views["x"]), [5.0, 6.0])
+    assert predict_pb2.PredictRequest.FromString(stripped) == without_contents(data)
     # Values in float_val (no tensor_content) are not in the views; the parsed message decodes them.
     request = predict_pb2.PredictRequest()
     request.inputs["v"].dtype = tf.float32.as_datatype_enum
     request.inputs["v"].float_val.extend([1.5, 2.5])
-    assert tensor_contents(request.SerializeToString(), 2) == {}
+    stripped, views = split_tensor_contents(request.SerializeToString(), 2)
+    assert views == {} and predict_pb2.PredictRequest.FromString(stripped) == request
     # Bytes that do not parse: None (the caller falls back to the parsed message, which refuses them).
-    assert tensor_contents(first[:-5], 2) is None  # cut inside the tensor
-    assert tensor_contents(b"\x12\xff\xff\xff\xff\x0f", 2) is None
+    assert split_tensor_contents(first[:-5], 2) is None  # cut inside the tensor
+    assert split_tensor_contents(b"\x12\xff\xff\xff\xff\x0f", 2) is None
+
+
+def test_the_message_without_its_tensor_bytes_parses_as_the_whole_one_does():
+    """Every other field is kept as sent, whatever the order of fields and pieces on the wire."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    request.model_spec.version.value = 7
+    request.model_spec.signature_name = "serving_default"
+    request.output_filter.extend(["y", "z"])
+    to_tensor_proto(np.arange(6, dtype=np.float32).reshape(2, 3), request.inputs["a"])
+    to_tensor_proto(np.array([b"s", b"t"], object), request.inputs["s"])  # string_val, no tensor_content
+    request.inputs["e"].dtype = tf.float32.as_datatype_enum  # an empty tensor_content
+    request.inputs["e"].tensor_shape.dim.add(size=0)
+    data = request.SerializeToString()
+    # A later entry of a key replaces the earlier one; a TensorProto given in two pieces within one entry
+    # (dtype and shape, then the content) merges; fields before and after the map and an unknown field.
+    late = predict_pb2.PredictRequest()
+    to_tensor_proto(np.arange(6, 12, dtype=np.float32), late.inputs["a"])
+    late.output_filter.append("w")
+    head = to_tensor_proto(np.zeros((2, 2), np.float32))
+    head.ClearField("tensor_content")
+    pieces = [head.SerializeToString(), type(head)(tensor_content=np.arange(4, dtype=np.float32).tobytes()).SerializeToString()]
+    entry = b"\x0a\x01p" + b"".join(b"\x12" + bytes([len(piece)]) + piece for piece in pieces)  # key "p", the value twice
+    in_pieces = b"\x12" + bytes([len(entry)]) + entry
+    unknown = b"\xa8\x1f\x05"  # field 501, varint 5
+    for wire in (data, data + late.SerializeToString() + unknown, unknown + in_pieces + late.SerializeToString() + data,
+                 data + in_pieces):
+        stripped, views = split_tensor_contents(wire, 2)
+        whole = predict_pb2.PredictRequest.FromString(wire)
+        assert predict_pb2.PredictRequest.FromString(stripped) == without_contents(wire)
+        assert sorted(views) == sorted(k for k, t in whole.inputs.items() if t.tensor_content)
+        for name, view in views.items():
+            np.testing.assert_array_equal(to_ndarray(whole.inputs[name], view), to_ndarray(whole.inputs[name]))
 
 
 def test_a_view_of_the_wrong_length_is_refused_like_the_field():

@@ -84,7 +84,7 @@ class EngineCore:
     async def predict_tensors_async(self, name: str, signature: str, tensors: dict[str, Any], output_filter: list[str],
                                     version: int | None = None, label: str | None = None, contents: dict[str, Any] | None = None
                                     ) -> tuple[Servable, SignatureEntry, dict[str, np.ndarray]]:
-        """``contents``: tensor_content views into the request's bytes (codec.tensor_contents), decoded without a copy."""
+        """``contents``: tensor_content views into the request's bytes (codec.split_tensor_contents), decoded without a copy."""
         servable, entry, arrays, wanted = self.prepare_tensors(name, signature, tensors, output_filter, version, label, contents)
         outputs = await self.run_async(servable, entry, arrays)
         if wanted:

@@ -15,15 +15,16 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2
 
-from tfship.core.codec import tensor_contents, to_tensor_proto
+from tfship.core.codec import split_tensor_contents, to_tensor_proto
 from tfship.serving.local_engine.errors import EngineError, clipped, invalid
 from tfship.serving.local_engine.repeated_errors import RepeatedErrors
 
 log = logging.getLogger(__name__)
 errors_log = RepeatedErrors(log)
 
-# Requests from this size on keep their bytes beside the parsed message: the tensors' tensor_content are
-# decoded as views into those bytes (no copy of the payload between the wire and the model).
+# Requests from this size on are parsed without their tensors' tensor_content, which are decoded as views
+# into the request's bytes: no copy of the payload between the wire and the model, not even into the
+# parsed message.
 ZERO_COPY_BYTES = 64 * 1024
 PREDICT_INPUTS_FIELD = 2  # predict.proto: map<string, TensorProto> inputs = 2;
 
@@ -66,7 +67,7 @@ def build_servicers(core: Any) -> tuple[Any, Any]:
         async def Predict(self, request, context):
             contents = None
             if isinstance(request, _WithWire):  # a large request: its tensors are read from the wire bytes, not copied
-                contents = tensor_contents(request.data, PREDICT_INPUTS_FIELD)
+                contents = request.contents
                 request = request.message
 
             async def run():
@@ -163,22 +164,24 @@ class _Unparsable:
 
 
 class _WithWire:
-    """A parsed request with the bytes it was parsed from."""
+    """A request parsed without its tensors' tensor_content, and views of those in the request's bytes."""
 
-    __slots__ = ("data", "message")
+    __slots__ = ("contents", "message")
 
-    def __init__(self, message: Any, data: bytes) -> None:
+    def __init__(self, message: Any, contents: dict[str, memoryview]) -> None:
         self.message = message
-        self.data = data
+        self.contents = contents
 
 
 def _safe_parser(message_cls: Any, keep_wire: bool = False) -> Callable[[bytes], Any]:
+    """``keep_wire``: a PredictRequest of ZERO_COPY_BYTES or more parses into a _WithWire."""
     def parse(data: bytes) -> Any:
+        split = split_tensor_contents(data, PREDICT_INPUTS_FIELD) if keep_wire and len(data) >= ZERO_COPY_BYTES else None
         try:
-            message = message_cls.FromString(data)
+            message = message_cls.FromString(data if split is None else split[0])
         except Exception as exc:  # DecodeError and friends: garbage on the wire
             return _Unparsable(message_cls.DESCRIPTOR.full_name, exc)
-        return _WithWire(message, data) if keep_wire and len(data) >= ZERO_COPY_BYTES else message
+        return message if split is None else _WithWire(message, split[1])
 
     return parse
 

@@ -59,7 +59,7 @@ def decode_inputs(entry: SignatureEntry, tensors: dict[str, Any], contents: dict
     """Check names, dtypes and shapes of TensorProtos against the signature, then decode them.
 
     ``contents``: tensor_content buffers by input name, views into the request's bytes
-    (codec.tensor_contents): those arrays share the request's memory instead of copying it."""
+    (codec.split_tensor_contents): those arrays share the request's memory instead of copying it."""
     check_input_names(entry, set(tensors))
     arrays = {}
     for index, name in enumerate(entry.input_order):

@@ -239,9 +239,11 @@ def _varint(data: memoryview, pos: int) -> tuple[int, int]:
 
 
 def _fields(data: memoryview, start: int, end: int) -> Any:
-    """(field number, wire type, value start, value end) of each field in data[start:end] (protobuf wire format)."""
+    """(field number, wire type, field start, value start, value end) of each field in data[start:end]
+    (protobuf wire format); the field starts at its tag, its value after the tag and any length."""
     pos = start
     while pos < end:
+        field_start = pos
         tag, pos = _varint(data, pos)
         number, wire = tag >> 3, tag & 7
         if wire == 0:
@@ -257,38 +259,64 @@ def _fields(data: memoryview, start: int, end: int) -> Any:
             raise ValueError(f"wire type {wire}")
         if after > end:
             raise ValueError("field past the end of its message")
-        yield number, wire, pos, after
+        yield number, wire, field_start, pos, after
         pos = after
 
 
-def tensor_contents(data: bytes, map_field: int) -> dict[str, memoryview] | None:
-    """Views into ``data`` (a serialized message such as PredictRequest) of the ``tensor_content`` of each
-    TensorProto in its ``map<string, TensorProto>`` field number ``map_field`` (PredictRequest.inputs: 2).
+def _encoded_varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
-    The views share ``data``'s memory: ``to_ndarray(tensor, content=view)`` decodes a tensor without the
-    copy that reading ``tensor.tensor_content`` from the parsed message makes. Protobuf's rules hold: the
-    last entry of a key wins, and a TensorProto given in several pieces keeps the last tensor_content.
-    A tensor without tensor_content is absent from the result; None when ``data`` does not parse (the
-    caller then reads the parsed message, which refuses it properly).
+
+def _length_delimited(number: int, body: list[Any]) -> list[Any]:
+    """Field ``number`` (wire type 2) holding the concatenation of ``body``'s buffers: its tag and length, then them."""
+    return [_encoded_varint(number << 3 | 2) + _encoded_varint(sum(len(part) for part in body)), *body]
+
+
+def split_tensor_contents(data: bytes, map_field: int) -> tuple[bytes, dict[str, memoryview]] | None:
+    """``data`` (a serialized message such as PredictRequest) without the ``tensor_content`` of the
+    TensorProtos in its ``map<string, TensorProto>`` field number ``map_field`` (PredictRequest.inputs: 2),
+    and views into ``data`` of those contents by key.
+
+    Parsing the returned bytes gives the message ``data`` holds, tensor_content left empty, without
+    copying the tensors into the parsed message; ``to_ndarray(tensor, content=view)`` then decodes each
+    tensor as a view of ``data``'s memory. Everything else is kept byte for byte, so the returned bytes
+    parse exactly when ``data`` does (tensor_content is a ``bytes`` field: any content parses).
+    Protobuf's rules hold: the last entry of a key wins, and a TensorProto given in several pieces keeps
+    the last tensor_content. A tensor without tensor_content is absent from the views; None when ``data``
+    does not parse as protobuf fields (the caller then parses ``data`` itself, which refuses it properly).
     """
     view = memoryview(data)
     found: dict[str, memoryview] = {}
+    pieces: list[Any] = []
     try:
-        for number, wire, start, end in _fields(view, 0, len(view)):
+        for number, wire, field_start, start, end in _fields(view, 0, len(view)):
             if number != map_field or wire != 2:
+                pieces.append(view[field_start:end])
                 continue
-            key, content = "", None
-            for entry_number, entry_wire, entry_start, entry_end in _fields(view, start, end):
-                if entry_number == 1 and entry_wire == 2:
-                    key = bytes(view[entry_start:entry_end]).decode("utf-8")
-                elif entry_number == 2 and entry_wire == 2:
-                    for tensor_number, tensor_wire, tensor_start, tensor_end in _fields(view, entry_start, entry_end):
+            key, content, entry = "", None, []
+            for entry_number, entry_wire, entry_field_start, entry_start, entry_end in _fields(view, start, end):
+                if entry_number == 2 and entry_wire == 2:
+                    tensor = []
+                    for tensor_number, tensor_wire, tensor_field_start, tensor_start, tensor_end in _fields(view, entry_start, entry_end):
                         if tensor_number == 4 and tensor_wire == 2:  # TensorProto.tensor_content
                             content = view[tensor_start:tensor_end]
+                        else:
+                            tensor.append(view[tensor_field_start:tensor_end])
+                    entry += _length_delimited(2, tensor)
+                    continue
+                if entry_number == 1 and entry_wire == 2:
+                    key = bytes(view[entry_start:entry_end]).decode("utf-8")
+                entry.append(view[entry_field_start:entry_end])
+            pieces += _length_delimited(map_field, entry)
             if content is not None and len(content):
                 found[key] = content
             else:
                 found.pop(key, None)
     except (ValueError, IndexError):
         return None
-    return found
+    return b"".join(pieces), found
