@@ -15,7 +15,7 @@ tf = pytest.importorskip("tensorflow")
 
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
-from tfship.core.codec import CodecError, bfloat16, split_tensor_contents, to_ndarray, to_tensor_proto  # noqa: E402
+from tfship.core.codec import MAX_SCANNED_FIELDS, CodecError, bfloat16, split_tensor_contents, to_ndarray, to_tensor_proto  # noqa: E402
 from tfship.serving.config import BatchingOptions  # noqa: E402
 from tfship.serving.local_engine import LocalEngine, ModelConfig  # noqa: E402
 from tfship.serving.local_engine.grpc_service import ZERO_COPY_BYTES  # noqa: E402
@@ -124,6 +124,10 @@ def test_tensor_contents_follow_protobufs_merge_rules():
     # Bytes that do not parse: None (the caller falls back to the parsed message, which refuses them).
     assert split_tensor_contents(first[:-5], 2) is None  # cut inside the tensor
     assert split_tensor_contents(b"\x12\xff\xff\xff\xff\x0f", 2) is None
+    # A message of many small fields is left to protobuf's parser (read at C speed, not field by field here).
+    request = predict_pb2.PredictRequest.FromString(first)
+    request.output_filter.extend(f"o{i}" for i in range(MAX_SCANNED_FIELDS))
+    assert split_tensor_contents(request.SerializeToString(), 2) is None
 
 
 def test_the_message_without_its_tensor_bytes_parses_as_the_whole_one_does():

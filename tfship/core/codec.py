@@ -238,11 +238,20 @@ def _varint(data: memoryview, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _fields(data: memoryview, start: int, end: int) -> Any:
+# split_tensor_contents reads at most this many fields: a message of many small fields (a long string_val,
+# thousands of output_filter entries) is left to protobuf's own parser, which reads them at C speed.
+MAX_SCANNED_FIELDS = 4096
+
+
+def _fields(data: memoryview, start: int, end: int, budget: list[int]) -> Any:
     """(field number, wire type, field start, value start, value end) of each field in data[start:end]
-    (protobuf wire format); the field starts at its tag, its value after the tag and any length."""
+    (protobuf wire format); the field starts at its tag, its value after the tag and any length.
+    ``budget[0]``: fields left to read; ValueError once it runs out."""
     pos = start
     while pos < end:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ValueError("too many fields to scan")
         field_start = pos
         tag, pos = _varint(data, pos)
         number, wire = tag >> 3, tag & 7
@@ -287,36 +296,47 @@ def split_tensor_contents(data: bytes, map_field: int) -> tuple[bytes, dict[str,
     tensor as a view of ``data``'s memory. Everything else is kept byte for byte, so the returned bytes
     parse exactly when ``data`` does (tensor_content is a ``bytes`` field: any content parses).
     Protobuf's rules hold: the last entry of a key wins, and a TensorProto given in several pieces keeps
-    the last tensor_content. A tensor without tensor_content is absent from the views; None when ``data``
-    does not parse as protobuf fields (the caller then parses ``data`` itself, which refuses it properly).
+    the last tensor_content. A tensor without tensor_content is absent from the views. None when ``data``
+    does not parse as protobuf fields or holds more than MAX_SCANNED_FIELDS of them: the caller then
+    parses ``data`` itself, which refuses it properly or copies the tensors.
     """
     view = memoryview(data)
     found: dict[str, memoryview] = {}
+    budget = [MAX_SCANNED_FIELDS]
+    # The stripped message: runs of ``data`` as they are, and the map entries rewritten without their contents.
     pieces: list[Any] = []
+    kept = 0  # where the run of ``data`` not yet in ``pieces`` starts
     try:
-        for number, wire, field_start, start, end in _fields(view, 0, len(view)):
+        for number, wire, field_start, start, end in _fields(view, 0, len(view), budget):
             if number != map_field or wire != 2:
-                pieces.append(view[field_start:end])
                 continue
-            key, content, entry = "", None, []
-            for entry_number, entry_wire, entry_field_start, entry_start, entry_end in _fields(view, start, end):
-                if entry_number == 2 and entry_wire == 2:
-                    tensor = []
-                    for tensor_number, tensor_wire, tensor_field_start, tensor_start, tensor_end in _fields(view, entry_start, entry_end):
-                        if tensor_number == 4 and tensor_wire == 2:  # TensorProto.tensor_content
-                            content = view[tensor_start:tensor_end]
-                        else:
-                            tensor.append(view[tensor_field_start:tensor_end])
-                    entry += _length_delimited(2, tensor)
-                    continue
+            key, content, entry, entry_kept = "", None, [], start
+            for entry_number, entry_wire, entry_field_start, entry_start, entry_end in _fields(view, start, end, budget):
                 if entry_number == 1 and entry_wire == 2:
                     key = bytes(view[entry_start:entry_end]).decode("utf-8")
-                entry.append(view[entry_field_start:entry_end])
-            pieces += _length_delimited(map_field, entry)
+                elif entry_number == 2 and entry_wire == 2:
+                    tensor: list[Any] = []
+                    tensor_kept = entry_start
+                    for tensor_number, tensor_wire, tensor_field_start, tensor_start, tensor_end in _fields(view, entry_start, entry_end, budget):
+                        if tensor_number == 4 and tensor_wire == 2:  # TensorProto.tensor_content
+                            content = view[tensor_start:tensor_end]
+                            tensor.append(view[tensor_kept:tensor_field_start])
+                            tensor_kept = tensor_end
+                    if tensor:  # this TensorProto (or piece of one) without its tensor_content
+                        tensor.append(view[tensor_kept:entry_end])
+                        entry.append(view[entry_kept:entry_field_start])
+                        entry += _length_delimited(2, tensor)
+                        entry_kept = entry_end
+            if entry:  # the entry without its tensor_content
+                entry.append(view[entry_kept:end])
+                pieces.append(view[kept:field_start])
+                pieces += _length_delimited(map_field, entry)
+                kept = end
             if content is not None and len(content):
                 found[key] = content
             else:
                 found.pop(key, None)
     except (ValueError, IndexError):
         return None
+    pieces.append(view[kept:])
     return b"".join(pieces), found
