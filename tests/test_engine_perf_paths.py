@@ -417,3 +417,30 @@ def test_a_merged_and_padded_batch_reaches_tensorflow_as_the_tensors_own_memory(
         # One batch of 4 rows padded to 8 with copies of the last row, as TF Serving's batching session pads.
         assert batch[:, 0].tolist() == [1.0, 2.0, 2.0, 3.0, 3.0, 3.0, 3.0, 3.0]
         assert shared
+
+
+def test_v2_raw_input_contents_are_read_from_the_request_bytes_and_the_rest_parses_as_sent():
+    from tfship.core.codec import split_repeated_bytes
+    from tfship.serving.local_engine.v2 import RAW_INPUT_CONTENTS_FIELD, grpc_inputs
+    from tfship.serving.local_engine.v2_protos import MESSAGES
+
+    infer = MESSAGES["ModelInferRequest"]
+    a, b = np.arange(6, dtype=np.float32).reshape(2, 3), np.arange(3, dtype=np.int64)
+    request = infer(model_name="m", id="r")
+    request.inputs.add(name="a", datatype="FP32", shape=[2, 3])
+    request.inputs.add(name="b", datatype="INT64", shape=[3])
+    request.raw_input_contents.extend([a.tobytes(), b.tobytes()])
+    request.outputs.add(name="y")
+    data = request.SerializeToString() + infer(id="later").SerializeToString()  # a field after the raw contents
+    stripped, views = split_repeated_bytes(data, RAW_INPUT_CONTENTS_FIELD)
+    whole = infer.FromString(data)
+    expected = infer()
+    expected.CopyFrom(whole)
+    expected.ClearField("raw_input_contents")
+    assert infer.FromString(stripped) == expected and len(stripped) < len(data) - a.nbytes - b.nbytes
+    assert [bytes(view) for view in views] == list(whole.raw_input_contents)
+    arrays = grpc_inputs(infer.FromString(stripped), views)
+    np.testing.assert_array_equal(arrays["a"], a)
+    np.testing.assert_array_equal(arrays["b"], b)
+    assert np.shares_memory(arrays["a"], np.frombuffer(data, np.uint8))  # a view into the request's bytes
+    assert split_repeated_bytes(data[:-3], RAW_INPUT_CONTENTS_FIELD) is None  # cut inside a field

@@ -76,6 +76,13 @@ def test_tritons_grpc_client_reads_health_metadata_and_infers(engine, tritonclie
                               triton.InferRequestedOutput("tag_length")])
         out["y"] = result.as_numpy("y").tolist(); out["tag_length"] = result.as_numpy("tag_length").tolist()
         out["version"] = result.get_response().model_version
+        # A request above the engine's zero-copy size: its raw contents are read from the request's bytes.
+        big = np.random.default_rng(0).random((8000, 3), dtype=np.float32)
+        x = triton.InferInput("x", list(big.shape), "FP32"); x.set_data_from_numpy(big)
+        tag = triton.InferInput("tag", [1], "BYTES"); tag.set_data_from_numpy(np.array([b"abc"], dtype=object))
+        result = client.infer("summer", [x, tag], model_version="4")
+        out["big_error"] = float(np.abs(result.as_numpy("y") - big.sum(axis=1) * 2).max())
+        out["big_tag_length"] = result.as_numpy("tag_length").tolist()
         try:
             client.infer("summer", [x], model_version="4")
         except Exception as exc:
@@ -92,6 +99,7 @@ def test_tritons_grpc_client_reads_health_metadata_and_infers(engine, tritonclie
         {"x": ("FP32", [-1, 3]), "tag": ("BYTES", [-1])}
     assert out["y"] == [12.0, 30.0] and out["tag_length"] == [2, 5] and out["version"] == "4"
     assert "input size does not match signature" in out["missing_input"]
+    assert out["big_error"] < 1e-4 and out["big_tag_length"] == [3]
 
 
 def _http(url: str, body: dict | None = None) -> tuple[int, dict]:

@@ -108,7 +108,7 @@ def check_arrays(entry: SignatureEntry, arrays: dict[str, np.ndarray]) -> dict[s
             try:
                 if value.dtype == object or (value.dtype.kind in "fc" and target.kind in "iub" and not np.all(np.mod(value, 1) == 0)):
                     raise ValueError
-                result[name] = value.astype(target)
+                result[name] = value.astype(target, copy=False)  # an array of the right type as it is (no copy)
             except (ValueError, TypeError):
                 raise invalid(f"Expects arg[{index}] to be {tf_type_name(np.dtype(target).name)} but {tf_type_name(str(value.dtype))} is provided") from None
     return result

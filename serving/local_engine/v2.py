@@ -14,8 +14,12 @@ from typing import Any
 import grpc
 import numpy as np
 
+from tfship.core.codec import split_repeated_bytes
 from tfship.serving.local_engine import predict
 from tfship.serving.local_engine.errors import EngineError, invalid
+from tfship.serving.local_engine.grpc_service import ZERO_COPY_BYTES
+
+RAW_INPUT_CONTENTS_FIELD = 7  # grpc_predict_v2.proto: repeated bytes raw_input_contents = 7;
 
 # v2 datatype <-> numpy (the protocol's tensor data types).
 DATATYPES: dict[str, np.dtype] = {
@@ -101,7 +105,7 @@ def _array(name: str, datatype: str, shape: list[int], values: Any) -> np.ndarra
     return array.reshape(shape)
 
 
-def _split_bytes(raw: bytes, name: str) -> list[bytes]:
+def _split_bytes(raw: bytes | memoryview, name: str) -> list[bytes]:
     """BYTES raw contents: each element is a 4-byte little-endian length, then the bytes."""
     items, offset = [], 0
     while offset < len(raw):
@@ -124,8 +128,10 @@ def _join_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def grpc_inputs(request: Any) -> dict[str, np.ndarray]:
-    raw = list(request.raw_input_contents)
+def grpc_inputs(request: Any, raw_contents: list[memoryview] | None = None) -> dict[str, np.ndarray]:
+    """``raw_contents``: the request's raw_input_contents as views into its bytes (codec.split_repeated_bytes),
+    read in place of the message's field: the arrays then share the request's memory."""
+    raw = list(request.raw_input_contents) if raw_contents is None else raw_contents
     if raw and len(raw) != len(request.inputs):
         raise invalid(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
     arrays = {}
@@ -169,6 +175,27 @@ async def infer(core: Any, name: str, version: str, arrays: dict[str, np.ndarray
     return servable, outputs
 
 
+class _WithRaw:
+    """A ModelInferRequest parsed without its raw_input_contents, and views of those in the request's bytes."""
+
+    __slots__ = ("message", "raw_contents")
+
+    def __init__(self, message: Any, raw_contents: list[memoryview]) -> None:
+        self.message = message
+        self.raw_contents = raw_contents
+
+
+def _infer_parser(message_cls: Any) -> Any:
+    """From ZERO_COPY_BYTES on, raw_input_contents stay in the request's bytes (as Predict's tensor_content do)."""
+    def parse(data: bytes) -> Any:
+        split = split_repeated_bytes(data, RAW_INPUT_CONTENTS_FIELD) if len(data) >= ZERO_COPY_BYTES else None
+        if split is None:
+            return message_cls.FromString(data)
+        return _WithRaw(message_cls.FromString(split[0]), split[1])
+
+    return parse
+
+
 def build_servicer(core: Any) -> grpc.GenericRpcHandler:
     """``inference.GRPCInferenceService``'s methods of the KServe v2 proto, as a generic handler."""
     from tfship.serving.local_engine.v2_protos import MESSAGES, SERVICE
@@ -202,8 +229,11 @@ def build_servicer(core: Any) -> grpc.GenericRpcHandler:
         return response
 
     async def model_infer(request: Any, context: Any) -> Any:
+        raw_contents = None
+        if isinstance(request, _WithRaw):  # a large request: its raw contents are read from the wire bytes, not copied
+            request, raw_contents = request.message, request.raw_contents
         try:
-            arrays = grpc_inputs(request)
+            arrays = grpc_inputs(request, raw_contents)
             servable, outputs = await infer(core, request.model_name, request.model_version, arrays,
                                             [o.name for o in request.outputs])
         except EngineError as exc:
@@ -219,7 +249,8 @@ def build_servicer(core: Any) -> grpc.GenericRpcHandler:
         return response
 
     def unary(method: Any, request_name: str, response_name: str) -> grpc.RpcMethodHandler:
-        return grpc.unary_unary_rpc_method_handler(method, request_deserializer=MESSAGES[request_name].FromString,
+        parse = _infer_parser(MESSAGES[request_name]) if request_name == "ModelInferRequest" else MESSAGES[request_name].FromString
+        return grpc.unary_unary_rpc_method_handler(method, request_deserializer=parse,
                                                    response_serializer=MESSAGES[response_name].SerializeToString)
 
     return grpc.method_handlers_generic_handler(SERVICE, {

@@ -340,3 +340,28 @@ def split_tensor_contents(data: bytes, map_field: int) -> tuple[bytes, dict[str,
         return None
     pieces.append(view[kept:])
     return b"".join(pieces), found
+
+
+def split_repeated_bytes(data: bytes, field: int) -> tuple[bytes, list[memoryview]] | None:
+    """``data`` (a serialized message such as the Open Inference Protocol's ModelInferRequest) without its
+    top-level ``repeated bytes`` field number ``field`` (raw_input_contents: 7), and views into ``data`` of
+    that field's values, in order.
+
+    Parsing the returned bytes gives the message ``data`` holds with that field empty, without copying its
+    values into the parsed message. None when ``data`` does not parse as protobuf fields or holds more than
+    MAX_SCANNED_FIELDS of them at the top: the caller then parses ``data`` itself.
+    """
+    view = memoryview(data)
+    values: list[memoryview] = []
+    pieces: list[Any] = []
+    kept = 0
+    try:
+        for number, wire, field_start, start, end in _fields(view, 0, len(view), [MAX_SCANNED_FIELDS]):
+            if number == field and wire == 2:
+                values.append(view[start:end])
+                pieces.append(view[kept:field_start])
+                kept = end
+    except (ValueError, IndexError):
+        return None
+    pieces.append(view[kept:])
+    return b"".join(pieces), values
