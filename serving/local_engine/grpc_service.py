@@ -66,8 +66,8 @@ def build_servicers(core: Any) -> tuple[Any, Any]:
 
         async def Predict(self, request, context):
             contents = None
-            if isinstance(request, _WithWire):  # a large request: its tensors are read from the wire bytes, not copied
-                contents = request.contents
+            if isinstance(request, WithWire):  # a large request: its tensors are read from the wire bytes, not copied
+                contents = request.views
                 request = request.message
 
             async def run():
@@ -163,25 +163,26 @@ class _Unparsable:
         self.error = error
 
 
-class _WithWire:
-    """A request parsed without its tensors' tensor_content, and views of those in the request's bytes."""
+class WithWire:
+    """A large request parsed without its tensor bytes (Predict's tensor_content, ModelInfer's
+    raw_input_contents), and ``views`` of those in the request's bytes."""
 
-    __slots__ = ("contents", "message")
+    __slots__ = ("message", "views")
 
-    def __init__(self, message: Any, contents: dict[str, memoryview]) -> None:
+    def __init__(self, message: Any, views: Any) -> None:
         self.message = message
-        self.contents = contents
+        self.views = views
 
 
 def _safe_parser(message_cls: Any, keep_wire: bool = False) -> Callable[[bytes], Any]:
-    """``keep_wire``: a PredictRequest of ZERO_COPY_BYTES or more parses into a _WithWire."""
+    """``keep_wire``: a PredictRequest of ZERO_COPY_BYTES or more parses into a WithWire."""
     def parse(data: bytes) -> Any:
         split = split_tensor_contents(data, PREDICT_INPUTS_FIELD) if keep_wire and len(data) >= ZERO_COPY_BYTES else None
         try:
             message = message_cls.FromString(data if split is None else split[0])
         except Exception as exc:  # DecodeError and friends: garbage on the wire
             return _Unparsable(message_cls.DESCRIPTOR.full_name, exc)
-        return message if split is None else _WithWire(message, split[1])
+        return message if split is None else WithWire(message, split[1])
 
     return parse
 

@@ -17,7 +17,7 @@ import numpy as np
 from tfship.core.codec import split_repeated_bytes
 from tfship.serving.local_engine import predict
 from tfship.serving.local_engine.errors import EngineError, invalid
-from tfship.serving.local_engine.grpc_service import ZERO_COPY_BYTES
+from tfship.serving.local_engine.grpc_service import ZERO_COPY_BYTES, WithWire
 
 RAW_INPUT_CONTENTS_FIELD = 7  # grpc_predict_v2.proto: repeated bytes raw_input_contents = 7;
 
@@ -175,23 +175,13 @@ async def infer(core: Any, name: str, version: str, arrays: dict[str, np.ndarray
     return servable, outputs
 
 
-class _WithRaw:
-    """A ModelInferRequest parsed without its raw_input_contents, and views of those in the request's bytes."""
-
-    __slots__ = ("message", "raw_contents")
-
-    def __init__(self, message: Any, raw_contents: list[memoryview]) -> None:
-        self.message = message
-        self.raw_contents = raw_contents
-
-
 def _infer_parser(message_cls: Any) -> Any:
     """From ZERO_COPY_BYTES on, raw_input_contents stay in the request's bytes (as Predict's tensor_content do)."""
     def parse(data: bytes) -> Any:
         split = split_repeated_bytes(data, RAW_INPUT_CONTENTS_FIELD) if len(data) >= ZERO_COPY_BYTES else None
         if split is None:
             return message_cls.FromString(data)
-        return _WithRaw(message_cls.FromString(split[0]), split[1])
+        return WithWire(message_cls.FromString(split[0]), split[1])
 
     return parse
 
@@ -230,8 +220,8 @@ def build_servicer(core: Any) -> grpc.GenericRpcHandler:
 
     async def model_infer(request: Any, context: Any) -> Any:
         raw_contents = None
-        if isinstance(request, _WithRaw):  # a large request: its raw contents are read from the wire bytes, not copied
-            request, raw_contents = request.message, request.raw_contents
+        if isinstance(request, WithWire):  # a large request: its raw contents are read from the wire bytes, not copied
+            request, raw_contents = request.message, request.views
         try:
             arrays = grpc_inputs(request, raw_contents)
             servable, outputs = await infer(core, request.model_name, request.model_version, arrays,
